@@ -1,0 +1,179 @@
+"""Backend choice, input checks and layout handling shared by the public ops.
+
+Checks raise `ValueError` (or `IndexError` for token ids) naming the bad argument. The token-id and
+finiteness checks read tensor values, which costs one host synchronisation on CUDA; set
+`AWPO_KERNELS_CHECK_INPUTS=0` to skip them in a trusted hot loop (shape and option checks stay).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+BACKENDS = ("auto", "torch", "triton", "reference")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+KL_TYPES = ("k1", "k2", "k3")
+IS_LEVELS = ("token", "sequence")
+
+
+# ----------------------------------------------------------------------------- backend choice
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str | None, device: torch.device) -> str:
+    """'auto' (default) picks Triton on CUDA and chunked torch on CPU.
+
+    `backend` (or `AWPO_KERNELS_BACKEND`) may force 'triton' (on CPU only under TRITON_INTERPRET=1),
+    'torch' or 'reference' (the plain spec, full logits).
+    """
+    choice = backend or os.environ.get("AWPO_KERNELS_BACKEND") or "auto"
+    check_choice("backend", choice, BACKENDS)
+    if choice == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if choice == "triton" and device.type != "cuda" and not triton_interpreting():
+        raise ValueError(
+            "backend='triton' on CPU tensors needs the Triton interpreter: set TRITON_INTERPRET=1 "
+            "before importing triton, or use backend='torch'"
+        )
+    return choice
+
+
+# ----------------------------------------------------------------------------- checks
+
+def values_checked() -> bool:
+    return os.environ.get("AWPO_KERNELS_CHECK_INPUTS", "1") != "0"
+
+
+def check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+def check_positive(name: str, value) -> None:
+    if not (isinstance(value, (int, float)) and value > 0 and value == value and value != float("inf")):
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+
+
+def check_shape(name: str, tensor: torch.Tensor | None, shape, what: str) -> None:
+    if tensor is not None and tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} ({what}); got {tuple(tensor.shape)}")
+
+
+def check_floating(name: str, tensor: torch.Tensor | None) -> None:
+    if tensor is not None and not tensor.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor; got {tensor.dtype}")
+
+
+def check_token_ids(name: str, targets: torch.Tensor, vocab_size: int) -> None:
+    if targets.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name} must be an int64 (or int32) tensor of token ids; got {targets.dtype}")
+    if not values_checked() or targets.numel() == 0:
+        return
+    bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= vocab_size))
+    if bool(bad.any()):
+        first = targets[bad][0].item()
+        raise IndexError(f"{name} holds token id {first} outside [0, {vocab_size}) (only {IGNORE_INDEX} "
+                         f"may mark ignored positions)")
+
+
+def check_finite(name: str, tensor: torch.Tensor | None, allow_nan: bool = False) -> None:
+    if tensor is None or not values_checked() or tensor.numel() == 0:
+        return
+    bad = torch.isinf(tensor) if allow_nan else ~torch.isfinite(tensor)
+    if bool(bad.any()):
+        kind = "inf" if allow_nan else "NaN or inf"
+        raise ValueError(f"{name} contains {kind} values")
+
+
+def check_epsilon(name: str, value, num_seqs: int) -> None:
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0:
+            check_shape(name, value, (num_seqs,), "one value per sequence")
+        check_finite(name, value)
+    elif not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{name} must be a float >= 0 or a per-sequence tensor; got {value!r}")
+
+
+# ----------------------------------------------------------------------------- layouts
+
+@dataclass
+class FlatLayout:
+    """Tokens flattened to [N]: `seq_ids[n]` is the sequence of token n, `num_seqs` = S."""
+
+    hidden: torch.Tensor | None  # [N, H]
+    targets: torch.Tensor        # [N]
+    seq_ids: torch.Tensor        # [N] int64
+    num_seqs: int
+    shape: tuple                 # shape of the caller's targets, to reshape per-token outputs
+    padded_length: int | None    # T of the padded layout (dr_grpo's default max_completion_length)
+
+    def flatten(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor.reshape(-1)
+
+
+def flat_layout(targets: torch.Tensor, advantages: torch.Tensor, seq_ids: torch.Tensor | None,
+                hidden: torch.Tensor | None = None, targets_name: str = "targets") -> FlatLayout:
+    """Padded layout: targets [B, T], advantages [B]. Packed: targets [N], seq_ids [N], advantages [S]."""
+    if advantages.dim() != 1:
+        raise ValueError(f"advantages must be 1-D (one value per sequence); got shape {tuple(advantages.shape)}")
+    num_seqs = advantages.shape[0]
+    if seq_ids is None:
+        if targets.dim() != 2:
+            raise ValueError(f"{targets_name} must be [B, T] in the padded layout (or pass seq_ids for the packed "
+                             f"layout); got shape {tuple(targets.shape)}")
+        B, T = targets.shape
+        check_shape("advantages", advantages, (B,), f"one per row of {targets_name}")
+        ids = torch.arange(B, device=targets.device).repeat_interleave(T)
+        padded_length = T
+    else:
+        if targets.dim() != 1:
+            raise ValueError(f"{targets_name} must be 1-D [N] in the packed layout; got shape {tuple(targets.shape)}")
+        check_shape("seq_ids", seq_ids, targets.shape, f"one per token of {targets_name}")
+        if seq_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"seq_ids must be an integer tensor; got {seq_ids.dtype}")
+        if values_checked() and seq_ids.numel() and bool(((seq_ids < 0) | (seq_ids >= num_seqs)).any()):
+            raise IndexError(f"seq_ids must lie in [0, {num_seqs}) (len(advantages)); got values outside it")
+        ids = seq_ids.long()
+        padded_length = None
+    flat_hidden = None
+    if hidden is not None:
+        check_shape("hidden", hidden, (*targets.shape, hidden.shape[-1]), f"{targets_name}'s shape + [H]")
+        flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    return FlatLayout(flat_hidden, targets.reshape(-1), ids, num_seqs, tuple(targets.shape), padded_length)
+
+
+def check_loss_options(layout: FlatLayout, *, old_logprobs, ref_logprobs, importance_weights, temperature,
+                       epsilon_low, epsilon_high, delta, beta, kl_type, entropy_coef, loss_type,
+                       importance_sampling_level, max_completion_length, num_items_in_batch):
+    """Validate the policy-loss options; returns the resolved max_completion_length."""
+    check_choice("loss_type", loss_type, LOSS_TYPES)
+    check_choice("kl_type", kl_type, KL_TYPES)
+    check_choice("importance_sampling_level", importance_sampling_level, IS_LEVELS)
+    check_positive("temperature", temperature)
+    check_epsilon("epsilon_low", epsilon_low, layout.num_seqs)
+    check_epsilon("epsilon_high", epsilon_high, layout.num_seqs)
+    if delta is not None:
+        check_positive("delta", delta)
+    if not isinstance(beta, (int, float)) or beta < 0:
+        raise ValueError(f"beta must be a float >= 0; got {beta!r}")
+    if not isinstance(entropy_coef, (int, float)):
+        raise ValueError(f"entropy_coef must be a float; got {entropy_coef!r}")
+    for name, t in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs),
+                    ("importance_weights", importance_weights)):
+        check_shape(name, t, layout.shape, "the shape of the targets")
+        check_floating(name, t)
+    if beta > 0 and ref_logprobs is None:
+        raise ValueError("ref_logprobs is required when beta > 0")
+    if loss_type == "dr_grpo":
+        max_completion_length = max_completion_length or layout.padded_length
+        if max_completion_length is None:
+            raise ValueError("max_completion_length is required for loss_type='dr_grpo' in the packed layout")
+    if max_completion_length is not None:
+        check_positive("max_completion_length", max_completion_length)
+    if num_items_in_batch is not None and not isinstance(num_items_in_batch, torch.Tensor):
+        check_positive("num_items_in_batch", num_items_in_batch)
+    return max_completion_length

@@ -1,0 +1,250 @@
+"""The executable spec: plain PyTorch, line by line with `shared/docs/SPEC.md`.
+
+Every fast path (chunked torch, Triton on CUDA, Triton under `TRITON_INTERPRET=1`) is tested against
+these functions. They favour clarity over speed and memory: the full `[N, V]` logits exist here.
+They compute in float32, or in float64 when given float64 inputs (the tests' ground truth).
+They do not validate their inputs; the public ops do that before dispatching (see `_runtime.py`).
+Where SPEC.md is silent they follow TRL's `GRPOTrainer`, as the comments say.
+"""
+from __future__ import annotations
+
+import torch
+
+from .outputs import GroupAdvantages, LogprobsOutput, PolicyLossOutput
+
+IGNORE_INDEX = -100
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float32, or float64 when any input is float64 (never below float32: SPEC's fp32 softmax)."""
+    dtype = torch.float32
+    for t in tensors:
+        if t is not None and t.is_floating_point():
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+# --------------------------------------------------------------------------------------------
+# LM head -> log-probs (+ entropy)
+# --------------------------------------------------------------------------------------------
+
+def linear_logprobs(hidden, weight, targets, *, temperature=1.0, return_entropy=False) -> LogprobsOutput:
+    """logp_t = log_softmax(h_t @ W^T / temperature)[y_t]; 0 where y_t == -100 (also the entropy)."""
+    dtype = compute_dtype(hidden, weight)
+    logits = (hidden.to(dtype) @ weight.to(dtype).T) / temperature
+    log_probs = torch.log_softmax(logits, dim=-1)
+    valid = targets != IGNORE_INDEX
+    safe_targets = torch.where(valid, targets, torch.zeros_like(targets))
+    logp = log_probs.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
+    logp = torch.where(valid, logp, torch.zeros_like(logp))
+    entropy = None
+    if return_entropy:
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        entropy = torch.where(valid, entropy, torch.zeros_like(entropy))
+    return LogprobsOutput(logprobs=logp, entropy=entropy)
+
+
+# --------------------------------------------------------------------------------------------
+# Group advantages (SPEC section 2)
+# --------------------------------------------------------------------------------------------
+
+def _std(x: torch.Tensor, unbiased: bool) -> torch.Tensor:
+    return x.std(dim=1, correction=1 if unbiased else 0, keepdim=True)
+
+
+def _reasoning_stats(s: torch.Tensor, unbiased: bool, eps: float):
+    """Mean/std of s over the valid (non-NaN) members of each group; A^s (0 for NaN members and for
+    groups with fewer than 2 valid members)."""
+    valid = ~torch.isnan(s)
+    count = valid.sum(dim=1, keepdim=True)
+    enough = count >= 2
+    s_valid = torch.where(valid, s, torch.zeros_like(s))
+    mean = s_valid.sum(dim=1, keepdim=True) / count.clamp(min=1)
+    dev = torch.where(valid, s - mean, torch.zeros_like(s))
+    dof = (count - 1) if unbiased else count
+    var = (dev * dev).sum(dim=1, keepdim=True) / dof.clamp(min=1)
+    std = torch.where(enough, var.sqrt(), torch.zeros_like(var))
+    adv = torch.where(valid & enough, dev / (std + eps), torch.zeros_like(s))
+    return std, adv
+
+
+def _gate(kind, o, sd_o, sd_s, half_range, gate_threshold, eps):
+    if kind == "soft":
+        v = (_std(o, unbiased=False) / half_range).clamp(0.0, 1.0)
+        return 1.0 - v
+    if kind == "hard":
+        return (o.var(dim=1, correction=0, keepdim=True) <= gate_threshold).to(o.dtype)
+    if kind == "ratio":
+        return sd_s / (sd_o + sd_s + eps)
+    raise ValueError(f"gate must be 'soft', 'hard' or 'ratio', got {kind!r}")
+
+
+def _difficulty_weight(kind, pass_rate):
+    if kind == "linear":
+        return 1.0 - pass_rate
+    if kind == "bernoulli":
+        return 4.0 * pass_rate * (1.0 - pass_rate)
+    if kind == "none":
+        return torch.ones_like(pass_rate)
+    raise ValueError(f"weight must be 'linear', 'bernoulli' or 'none', got {kind!r}")
+
+
+def group_advantages(
+    outcome, reasoning=None, *, group_size, estimator="awpo", scale="group", unbiased=True, eps=1e-6,
+    outcome_range=(0.0, 1.0), gate="soft", gate_threshold=0.0, weight="linear", reasoning_coef=1.0,
+    clip="sign", clip_ratio=0.5, clip_max=1.0, clip_shrink=0.0, epsilon_low=0.2, epsilon_high=0.2,
+) -> GroupAdvantages:
+    dtype = compute_dtype(outcome, reasoning)
+    o = outcome.to(dtype).reshape(-1, group_size)
+    if reasoning is None:
+        s = torch.full_like(o, float("nan"))
+    else:
+        s = reasoning.to(dtype).reshape(-1, group_size)
+    o_min, o_max = float(outcome_range[0]), float(outcome_range[1])
+    half_range = (o_max - o_min) / 2.0
+
+    mu_o = o.mean(dim=1, keepdim=True)
+    sd_o = _std(o, unbiased)
+    adv_o = (o - mu_o) / (sd_o + eps) if scale == "group" else o - mu_o
+    sd_s, adv_s = _reasoning_stats(s, unbiased, eps)
+
+    g = _gate(gate, o, sd_o, sd_s, half_range, gate_threshold, eps)
+    pass_rate = ((mu_o - o_min) / (o_max - o_min)).clamp(0.0, 1.0)
+    w = _difficulty_weight(weight, pass_rate)
+    clipped = torch.zeros_like(o, dtype=torch.bool)
+
+    if estimator == "grpo":
+        adv = adv_o
+    elif estimator == "awpo":
+        r = reasoning_coef * g * w * adv_s
+        if clip == "sign":
+            bound = torch.where(sd_o > 0, clip_ratio * adv_o.abs(), torch.full_like(adv_o, clip_max))
+            r_clipped = torch.maximum(torch.minimum(r, bound), -bound)
+            clipped = r_clipped != r
+            r = r_clipped
+        elif clip != "none":
+            raise ValueError(f"clip must be 'sign' or 'none', got {clip!r}")
+        adv = adv_o + r
+    elif estimator == "awpo_mixed":
+        # Mixing at the reward level (ablation). A missing reasoning score falls back to the outcome.
+        # `scale="none"` skips the std division here too, as it does for GRPO.
+        m = (1.0 - g) * o + g * torch.where(torch.isnan(s), o, s)
+        centred = m - m.mean(dim=1, keepdim=True)
+        adv = w * (centred / (_std(m, unbiased) + eps) if scale == "group" else centred)
+    else:
+        raise ValueError(f"estimator must be 'grpo', 'awpo' or 'awpo_mixed', got {estimator!r}")
+
+    if estimator == "grpo":
+        shrink = torch.ones_like(g)
+    else:
+        shrink = 1.0 / (1.0 + clip_shrink * g * w)
+    ones = torch.ones_like(o)
+    return GroupAdvantages(
+        advantages=adv.reshape(-1),
+        epsilon_low=(epsilon_low * shrink * ones).reshape(-1),
+        epsilon_high=(epsilon_high * shrink * ones).reshape(-1),
+        gate=g.reshape(-1),
+        weight=w.reshape(-1),
+        outcome_std=sd_o.reshape(-1),
+        reasoning_std=sd_s.reshape(-1),
+        clipped_fraction=clipped.to(dtype).mean(),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Policy loss (SPEC section 3), on the flat token layout: tokens [N] with seq_ids [N] in [0, S)
+# --------------------------------------------------------------------------------------------
+
+def _per_token(value, seq_ids):
+    """A float or a per-sequence tensor [S], gathered to the tokens."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        return value[seq_ids]
+    return value
+
+
+def _per_sequence_sum(x, seq_ids, num_seqs):
+    return torch.zeros(num_seqs, dtype=x.dtype, device=x.device).index_add(0, seq_ids, x)
+
+
+def _kl(kind, logp, ref_logp):
+    if kind == "k1":
+        return logp - ref_logp
+    if kind == "k2":
+        return 0.5 * (logp - ref_logp) ** 2
+    if kind == "k3":
+        return torch.exp(ref_logp - logp) - (ref_logp - logp) - 1.0
+    raise ValueError(f"kl_type must be 'k1', 'k2' or 'k3', got {kind!r}")
+
+
+def policy_loss_flat(
+    logp, seq_ids, mask, advantages, *, num_seqs, entropy=None, old_logprobs=None, ref_logprobs=None,
+    importance_weights=None, epsilon_low=0.2, epsilon_high=0.2, delta=None, beta=0.0, kl_type="k3",
+    entropy_coef=0.0, loss_type="dapo", importance_sampling_level="token", max_completion_length=None,
+    num_items_in_batch=None,
+) -> PolicyLossOutput:
+    """The clipped surrogate loss of SPEC section 3 on tokens `logp [N]` of `num_seqs` sequences."""
+    dtype = logp.dtype
+    maskf = mask.to(dtype)
+    zero = torch.zeros_like(logp)
+    adv = advantages.to(dtype)[seq_ids]
+    old = logp.detach() if old_logprobs is None else old_logprobs.to(dtype)
+    log_ratio = torch.where(mask, logp - old, zero)
+    lengths = _per_sequence_sum(maskf, seq_ids, num_seqs).clamp(min=1.0)
+
+    if importance_sampling_level == "token":
+        ratio = torch.exp(log_ratio)
+    elif importance_sampling_level == "sequence":  # GSPO: one ratio per sequence
+        seq_log_ratio = _per_sequence_sum(log_ratio, seq_ids, num_seqs) / lengths
+        ratio = torch.exp(seq_log_ratio)[seq_ids]
+    else:
+        raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {importance_sampling_level!r}")
+
+    eps_lo = _per_token(epsilon_low, seq_ids)
+    eps_hi = _per_token(epsilon_high, seq_ids)
+    ratio1 = ratio if delta is None else torch.clamp(ratio, max=delta)
+    ratio2 = torch.clamp(ratio, 1.0 - eps_lo, 1.0 + eps_hi)
+    per_token = -torch.minimum(ratio1 * adv, ratio2 * adv)
+    if importance_weights is not None:
+        per_token = per_token * importance_weights.to(dtype).detach()
+
+    metrics = {}
+    num_tokens = maskf.sum().clamp(min=1.0)
+
+    def masked_mean(x):
+        return (torch.where(mask, x, zero)).sum() / num_tokens
+
+    if beta != 0.0:
+        kl = _kl(kl_type, logp, ref_logprobs.to(dtype))
+        per_token = per_token + beta * kl
+        metrics["kl"] = masked_mean(kl.detach())
+    if entropy is not None:
+        if entropy_coef != 0.0:
+            per_token = per_token - entropy_coef * entropy
+        metrics["entropy"] = masked_mean(entropy.detach())
+    per_token = torch.where(mask, per_token, zero)
+
+    if loss_type == "grpo":
+        loss = (_per_sequence_sum(per_token, seq_ids, num_seqs) / lengths).sum() / num_seqs
+    elif loss_type == "bnpo":
+        loss = per_token.sum() / num_tokens
+    elif loss_type == "dr_grpo":
+        loss = per_token.sum() / (num_seqs * max_completion_length)
+    elif loss_type == "dapo":
+        denominator = num_tokens if num_items_in_batch is None else num_items_in_batch
+        loss = per_token.sum() / denominator
+    else:
+        raise ValueError(f"loss_type must be 'grpo', 'bnpo', 'dr_grpo' or 'dapo', got {loss_type!r}")
+
+    r = ratio.detach()
+    metrics["clip_ratio/low_mean"] = masked_mean(((r < 1.0 - eps_lo) & (adv < 0)).to(dtype))
+    metrics["clip_ratio/high_mean"] = masked_mean(((r > 1.0 + eps_hi) & (adv > 0)).to(dtype))
+    return PolicyLossOutput(loss=loss, logprobs=torch.where(mask, logp, zero).detach(), metrics=metrics)
+
+
+def fused_linear_policy_loss_flat(hidden, weight, targets, seq_ids, advantages, *, num_seqs, temperature=1.0,
+                                  entropy_coef=0.0, return_entropy=False, **loss_options) -> PolicyLossOutput:
+    """LM head -> log-probs -> policy loss, on flat tokens: hidden [N, H], targets [N], seq_ids [N]."""
+    want_entropy = return_entropy or entropy_coef != 0.0
+    out = linear_logprobs(hidden, weight, targets, temperature=temperature, return_entropy=want_entropy)
+    return policy_loss_flat(out.logprobs, seq_ids, targets != IGNORE_INDEX, advantages, num_seqs=num_seqs,
+                            entropy=out.entropy, entropy_coef=entropy_coef, **loss_options)
