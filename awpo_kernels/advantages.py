@@ -1,8 +1,17 @@
 """Group-relative advantages with AWPO's variance-aware gate, difficulty weight and tailored clip.
 
-SPEC.md section 2. Public op: `group_advantages`.
+SPEC.md section 2. Public op: `group_advantages`. Backends: `triton` (CUDA default; on CPU only under
+TRITON_INTERPRET=1) runs one program per group (`_advantages_triton.py`); `torch` (CPU default) is the
+same algorithm vectorised over groups [P, G]; `reference` runs `reference.py`. Neither fast path
+synchronises with the host; the value checks do (one sync), see `_runtime.values_checked`.
+
+Both fast paths centre each group on one of its members before averaging, so a group of equal values
+has exactly zero deviations (a plain floating-point mean of 0.1, 0.1, 0.1 is not exactly 0.1, which
+would leave a 1e-17 spread that switches off "all outcomes equal": hard gate 1, clip by clip_max).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -11,6 +20,10 @@ from ._runtime import check_choice, check_finite, resolve_backend
 from .outputs import GroupAdvantages
 
 ESTIMATORS = ("grpo", "awpo", "awpo_mixed")
+SCALES = ("group", "none")
+GATES = ("soft", "hard", "ratio")
+WEIGHTS = ("linear", "bernoulli", "none")
+CLIPS = ("sign", "none")
 
 
 def group_advantages(
@@ -23,18 +36,118 @@ def group_advantages(
     """Advantages for B = P * group_size completions laid out group-contiguous.
 
     `outcome [B]` must be finite; `reasoning [B]` may hold NaN (= no score). See SPEC.md section 2.
+    Outputs are float32, or float64 when an input is float64.
     """
     options = dict(group_size=group_size, estimator=estimator, scale=scale, unbiased=unbiased, eps=eps,
                    outcome_range=outcome_range, gate=gate, gate_threshold=gate_threshold, weight=weight,
                    reasoning_coef=reasoning_coef, clip=clip, clip_ratio=clip_ratio, clip_max=clip_max,
                    clip_shrink=clip_shrink, epsilon_low=epsilon_low, epsilon_high=epsilon_high)
     _check_inputs(outcome, reasoning, **options)
-    resolve_backend(backend, outcome.device)
-    return reference.group_advantages(outcome, reasoning, **options)
+    chosen = resolve_backend(backend, outcome.device)
+    if chosen == "reference":
+        return reference.group_advantages(outcome, reasoning, **options)
+    dtype = reference.compute_dtype(outcome, reasoning)
+    if chosen == "triton" and outcome.numel() > 0:  # an empty grid is not a launch
+        from ._advantages_triton import group_advantages_triton  # imported late: TRITON_INTERPRET is read then
+        return group_advantages_triton(outcome, reasoning, dtype=dtype, **options)
+    return _group_advantages_torch(outcome, reasoning, dtype=dtype, **options)
 
 
-def _check_inputs(outcome, reasoning, *, group_size, estimator, scale, eps, outcome_range, gate, weight, clip,
-                  clip_ratio, clip_max, clip_shrink, epsilon_low, epsilon_high, **_):
+# ----------------------------------------------------------------------------- torch path
+
+def _centre(x: torch.Tensor, valid: torch.Tensor):
+    """Per row [P, G]: (mean, deviations from it (0 where not valid), count of valid members).
+
+    Shifted by the largest valid member first, so equal members give exactly zero deviations.
+    A row without valid members has mean -inf and zero deviations.
+    """
+    count = valid.sum(dim=1, keepdim=True)
+    shift = torch.where(valid, x, -math.inf).amax(dim=1, keepdim=True)
+    shifted = torch.where(valid, x - shift, 0.0)
+    offset = shifted.sum(dim=1, keepdim=True) / count.clamp(min=1)
+    return shift + offset, torch.where(valid, shifted - offset, 0.0), count
+
+
+def _std(dev: torch.Tensor, count: torch.Tensor, correction: int) -> torch.Tensor:
+    return ((dev * dev).sum(dim=1, keepdim=True) / (count - correction).clamp(min=1)).sqrt()
+
+
+def _group_advantages_torch(
+    outcome, reasoning, *, group_size, estimator, scale, unbiased, eps, outcome_range, gate, gate_threshold, weight,
+    reasoning_coef, clip, clip_ratio, clip_max, clip_shrink, epsilon_low, epsilon_high, dtype,
+) -> GroupAdvantages:
+    o = outcome.to(dtype).reshape(-1, group_size)
+    everyone = torch.ones_like(o, dtype=torch.bool)
+    s = None if reasoning is None else reasoning.to(dtype).reshape(-1, group_size)
+    s_valid = ~everyone if s is None else ~torch.isnan(s)
+    correction = 1 if unbiased else 0
+    o_min, o_max = float(outcome_range[0]), float(outcome_range[1])
+
+    mu_o, o_dev, n = _centre(o, everyone)
+    sd_o = _std(o_dev, n, correction)
+    adv_o = o_dev / (sd_o + eps) if scale == "group" else o_dev
+
+    adv_s = torch.zeros_like(o)
+    sd_s = torch.zeros_like(sd_o)
+    if s is not None:
+        _, s_dev, n_s = _centre(s, s_valid)
+        enough = n_s >= 2
+        sd_s = torch.where(enough, _std(s_dev, n_s, correction), 0.0)
+        adv_s = torch.where(s_valid & enough, s_dev / (sd_s + eps), 0.0)
+
+    if gate == "soft":
+        g = 1.0 - (_std(o_dev, n, 0) / ((o_max - o_min) / 2.0)).clamp(0.0, 1.0)
+    elif gate == "hard":
+        g = ((o_dev * o_dev).sum(dim=1, keepdim=True) / n <= gate_threshold).to(dtype)
+    else:
+        g = sd_s / (sd_o + sd_s + eps)
+    pass_rate = ((mu_o - o_min) / (o_max - o_min)).clamp(0.0, 1.0)
+    if weight == "linear":
+        w = 1.0 - pass_rate
+    elif weight == "bernoulli":
+        w = 4.0 * pass_rate * (1.0 - pass_rate)
+    else:
+        w = torch.ones_like(pass_rate)
+
+    clipped = torch.zeros_like(s_valid)
+    if estimator == "grpo":
+        adv = adv_o
+    elif estimator == "awpo":
+        r = reasoning_coef * g * w * adv_s
+        if clip == "sign":
+            bound = torch.where(sd_o > 0, clip_ratio * adv_o.abs(), clip_max)
+            r_clipped = torch.maximum(torch.minimum(r, bound), -bound)
+            clipped = r_clipped != r
+            r = r_clipped
+        adv = adv_o + r
+    else:  # awpo_mixed: mixing at the reward level; a missing reasoning score falls back to the outcome
+        m = (1.0 - g) * o + g * (o if s is None else torch.where(s_valid, s, o))
+        _, m_dev, _ = _centre(m, everyone)
+        adv = w * (m_dev / (_std(m_dev, n, correction) + eps) if scale == "group" else m_dev)
+
+    shrink = torch.ones_like(g) if estimator == "grpo" else 1.0 / (1.0 + clip_shrink * g * w)
+    per_seq_shrink = shrink.expand_as(o).reshape(-1)
+    return GroupAdvantages(
+        advantages=adv.reshape(-1),
+        epsilon_low=epsilon_low * per_seq_shrink,
+        epsilon_high=epsilon_high * per_seq_shrink,
+        gate=g.reshape(-1),
+        weight=w.reshape(-1),
+        outcome_std=sd_o.reshape(-1),
+        reasoning_std=sd_s.reshape(-1),
+        clipped_fraction=clipped.to(dtype).mean(),
+    )
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_inputs(outcome, reasoning, *, group_size, estimator, scale, unbiased, eps, outcome_range, gate,
+                  gate_threshold, weight, reasoning_coef, clip, clip_ratio, clip_max, clip_shrink, epsilon_low,
+                  epsilon_high):
     if not isinstance(outcome, torch.Tensor) or outcome.dim() != 1 or not outcome.is_floating_point():
         raise ValueError("outcome must be a 1-D floating-point tensor [B]")
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
@@ -43,20 +156,29 @@ def _check_inputs(outcome, reasoning, *, group_size, estimator, scale, eps, outc
         raise ValueError(f"outcome has B={outcome.shape[0]} rewards, not a multiple of group_size={group_size}")
     if reasoning is not None:
         if not isinstance(reasoning, torch.Tensor) or tuple(reasoning.shape) != tuple(outcome.shape):
-            raise ValueError(f"reasoning must be a tensor of outcome's shape {tuple(outcome.shape)}")
+            shape = tuple(reasoning.shape) if isinstance(reasoning, torch.Tensor) else type(reasoning).__name__
+            raise ValueError(f"reasoning must be a tensor of outcome's shape {tuple(outcome.shape)}; got {shape}")
         if not reasoning.is_floating_point():
             raise ValueError("reasoning must be a floating-point tensor (NaN = no score)")
+        if reasoning.device != outcome.device:
+            raise ValueError(f"reasoning is on {reasoning.device} but outcome is on {outcome.device}")
         check_finite("reasoning", reasoning, allow_nan=True)
     check_finite("outcome", outcome)
     check_choice("estimator", estimator, ESTIMATORS)
-    check_choice("scale", scale, ("group", "none"))
-    check_choice("gate", gate, ("soft", "hard", "ratio"))
-    check_choice("weight", weight, ("linear", "bernoulli", "none"))
-    check_choice("clip", clip, ("sign", "none"))
-    lo, hi = outcome_range
-    if not hi > lo:
-        raise ValueError(f"outcome_range must be (min, max) with max > min; got {outcome_range!r}")
-    for name, value in (("eps", eps), ("clip_ratio", clip_ratio), ("clip_max", clip_max),
-                        ("clip_shrink", clip_shrink), ("epsilon_low", epsilon_low), ("epsilon_high", epsilon_high)):
-        if not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"{name} must be a float >= 0; got {value!r}")
+    check_choice("scale", scale, SCALES)
+    check_choice("gate", gate, GATES)
+    check_choice("weight", weight, WEIGHTS)
+    check_choice("clip", clip, CLIPS)
+    if not isinstance(unbiased, bool):
+        raise ValueError(f"unbiased must be a bool; got {unbiased!r}")
+    if (not isinstance(outcome_range, (tuple, list)) or len(outcome_range) != 2
+            or not all(_is_number(v) for v in outcome_range) or not outcome_range[1] > outcome_range[0]):
+        raise ValueError(f"outcome_range must be (min, max), finite numbers with max > min; got {outcome_range!r}")
+    # eps > 0: with eps = 0 a group of equal outcomes would divide 0 by 0.
+    if not _is_number(eps) or eps <= 0:
+        raise ValueError(f"eps must be a finite float > 0; got {eps!r}")
+    for name, value in (("gate_threshold", gate_threshold), ("reasoning_coef", reasoning_coef),
+                        ("clip_ratio", clip_ratio), ("clip_max", clip_max), ("clip_shrink", clip_shrink),
+                        ("epsilon_low", epsilon_low), ("epsilon_high", epsilon_high)):
+        if not _is_number(value) or value < 0:
+            raise ValueError(f"{name} must be a finite float >= 0; got {value!r}")

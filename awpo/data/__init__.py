@@ -1,0 +1,10 @@
+"""Tool-use tasks: the built-in generator and loaders for user data."""
+
+from .builtin import DEFAULT_SIZES, builtin_tasks
+from .loaders import load_tasks, save_tasks
+from .prompts import SYSTEM_PROMPT
+from .task import CATEGORIES, SINGLE_TURN_CATEGORIES, Task
+from .tools import TOOLS
+
+__all__ = ["CATEGORIES", "DEFAULT_SIZES", "SINGLE_TURN_CATEGORIES", "SYSTEM_PROMPT", "TOOLS", "Task",
+           "builtin_tasks", "load_tasks", "save_tasks"]

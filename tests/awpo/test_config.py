@@ -1,0 +1,103 @@
+"""awpo.config: defaults < YAML < command line; every option documented; bad values fail clearly."""
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from awpo import config as cfg
+from awpo.config import Config, ConfigError, parse_args
+
+
+def test_defaults_are_valid_and_trl_names_exist():
+    config = Config().validate()
+    trl_names = ["num_generations", "beta", "epsilon", "epsilon_high", "loss_type", "scale_rewards",
+                 "importance_sampling_level", "mask_truncated_completions", "temperature",
+                 "max_completion_length", "learning_rate", "gradient_accumulation_steps", "num_iterations",
+                 "max_steps", "save_steps", "logging_steps", "seed", "output_dir", "save_total_limit",
+                 "per_device_train_batch_size", "vllm_importance_sampling_correction",
+                 "vllm_importance_sampling_cap"]
+    awpo_names = ["estimator", "gate", "weight", "clip", "clip_ratio", "clip_max", "clip_shrink",
+                  "reasoning_coef", "judge", "graded_outcome"]
+    for name in trl_names + awpo_names:
+        assert hasattr(config, name), name
+    assert config.effective_epsilon_high == config.epsilon
+
+
+def test_yaml_then_command_line_override(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("beta: 0.04\nnum_generations: 6\nepsilon_high: 0.28\ngate: hard\nscale_rewards: false\n")
+    config = parse_args(["--config", str(path), "--num_generations", "5", "--epsilon_high", "none"])
+    assert config.beta == 0.04 and config.gate == "hard"
+    assert config.num_generations == 5          # the command line wins over the file
+    assert config.epsilon_high is None and config.effective_epsilon_high == config.epsilon
+    assert config.scale_rewards == "none"       # TRL's boolean form is accepted
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--beta", "-0.5"], "beta=-0.5: must be >= 0.0"),
+    (["--num_generations", "1"], "num_generations=1: must be >= 2"),
+    (["--num_generations", "2.5"], "num_generations='2.5': expected an integer"),
+    (["--learning_rate", "0"], "learning_rate=0.0: must be > 0.0"),
+    (["--learning_rate", "fast"], "learning_rate='fast': expected a number"),
+    (["--temperature", "nan"], "temperature=nan: expected a finite number"),
+    (["--gate", "bogus"], "gate='bogus': must be one of 'soft', 'hard', 'ratio'"),
+    (["--loss_type", "ppo"], "loss_type='ppo': must be one of"),
+    (["--mask_truncated_completions", "maybe"], "mask_truncated_completions='maybe': expected true or false"),
+    (["--top_p", "1.5"], "top_p=1.5: must be <= 1.0"),
+    (["--prompts_per_step", "3", "--num_generations", "5", "--per_device_train_batch_size", "4",
+      "--gradient_accumulation_steps", "2"], "must be a multiple of"),
+    (["--max_completion_length", "4096", "--max_model_len", "2048"], "must be smaller than max_model_len"),
+    (["--no_such_option", "1"], "unrecognized arguments"),
+])
+def test_bad_values_fail_at_start_up_naming_the_option(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_yaml_files_fail_clearly(tmp_path):
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("learning_rat: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown option.*learning_rat"):
+        cfg.from_dict(cfg.load_yaml(str(unknown)))
+    not_mapping = tmp_path / "list.yaml"
+    not_mapping.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        cfg.load_yaml(str(not_mapping))
+    with pytest.raises(ConfigError, match="no such file"):
+        cfg.load_yaml(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="beta='x'"):
+        cfg.from_dict({"beta": "x"})
+
+
+def test_help_documents_every_option():
+    text = cfg.build_parser().format_help()
+    for f in dataclasses.fields(Config):
+        assert f"--{f.name}" in text, f.name
+        assert f.metadata["help"], f.name
+    result = subprocess.run([sys.executable, "-m", "awpo.train", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--num_generations" in result.stdout and "--reasoning_coef" in result.stdout
+
+
+def test_shipped_default_yaml_is_valid():
+    from pathlib import Path
+
+    import awpo
+
+    path = Path(awpo.__file__).parent / "configs" / "default.yaml"
+    values = cfg.load_yaml(str(path))
+    assert values, "default.yaml is empty"
+    config = cfg.from_dict(values).validate()
+    assert config == Config(**{**dataclasses.asdict(Config()), **{k: config.to_dict()[k] for k in values}})
+
+
+def test_derived_batch_sizes():
+    config = Config(prompts_per_step=4, num_generations=6, per_device_train_batch_size=8).validate()
+    assert config.micro_batches_per_optimizer_step == 3 and config.optimizer_steps_per_iteration == 1
+    config = Config(prompts_per_step=4, num_generations=6, per_device_train_batch_size=4,
+                    gradient_accumulation_steps=3).validate()
+    assert config.micro_batches_per_optimizer_step == 3 and config.optimizer_steps_per_iteration == 2

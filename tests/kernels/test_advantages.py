@@ -1,0 +1,413 @@
+"""`group_advantages` on every backend against `reference.group_advantages` (float64), the four AWPO
+properties of SPEC.md section 2, hand-computed examples, and input validation.
+
+Backends: `torch` always; `triton_interp` (Triton on CPU) only when TRITON_INTERPRET=1 was set before
+triton was imported, which `test_advantages_triton_interpreted.py` does in a subprocess; `triton_cuda`
+when a GPU is present (skipped by its marker otherwise).
+"""
+import itertools
+import math
+import os
+
+import pytest
+import torch
+
+import awpo_kernels as ak
+from awpo_kernels import reference
+
+f64 = torch.float64
+NAN = float("nan")
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+HAS_CUDA = torch.cuda.is_available()
+
+BACKENDS = [pytest.param(("torch", "cpu"), id="torch")]
+if INTERPRETING:
+    BACKENDS.append(pytest.param(("triton", "cpu"), id="triton_interp"))
+BACKENDS.append(pytest.param(("triton", "cuda"), id="triton_cuda", marks=pytest.mark.skipif(
+    not HAS_CUDA or INTERPRETING, reason="Triton on CUDA needs a GPU (and no interpreter)")))
+
+FIELDS = ("advantages", "epsilon_low", "epsilon_high", "gate", "weight", "outcome_std", "reasoning_std",
+          "clipped_fraction")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+def run(backend, outcome, reasoning=None, **options):
+    """group_advantages on `backend`, outputs brought back to the CPU."""
+    name, device = backend
+    out = ak.group_advantages(outcome.to(device), None if reasoning is None else reasoning.to(device),
+                              backend=name, **options)
+    for field in FIELDS:
+        setattr(out, field, getattr(out, field).cpu())
+    return out
+
+
+# ----------------------------------------------------------------------------- random data
+
+def random_batch(num_groups, group_size, seed, *, graded=False, outcome_range=(0.0, 1.0), nan_rate=0.25):
+    """Odd-sized random rewards with the edge cases the op must handle, in float64.
+
+    Groups 0-2 have equal outcomes (all max, all min, all at 3/4 of the range: values that every
+    backend, the reference included, averages exactly). Group 3 has no reasoning score, group 4
+    exactly one, group 5 all-equal scores; elsewhere about `nan_rate` of the scores are missing.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = outcome_range
+    shape = (num_groups, group_size)
+    if graded:
+        outcome = lo + (hi - lo) * torch.rand(shape, generator=gen, dtype=f64)
+    else:
+        outcome = torch.where(torch.rand(shape, generator=gen, dtype=f64) < 0.4, hi, lo)
+    outcome[0], outcome[1], outcome[2] = hi, lo, lo + 0.75 * (hi - lo)
+    reasoning = torch.rand(shape, generator=gen, dtype=f64)
+    reasoning[torch.rand(shape, generator=gen) < nan_rate] = NAN
+    if num_groups > 3:
+        reasoning[3] = NAN
+    if num_groups > 4:
+        reasoning[4] = NAN
+        reasoning[4, group_size // 2] = 0.25
+    if num_groups > 5:
+        reasoning[5] = 0.5
+    return outcome.reshape(-1), reasoning.reshape(-1)
+
+
+def assert_matches_reference(out, ref, atol, rtol):
+    for field in FIELDS:
+        actual, expected = getattr(out, field), getattr(ref, field)
+        assert actual.shape == expected.shape, field
+        torch.testing.assert_close(actual.to(f64), expected, atol=atol, rtol=rtol, msg=lambda m: f"{field}: {m}")
+
+
+# Option combinations that change the code path: every gate x weight x clip for AWPO, both scales and
+# both std corrections, every gate x weight for the mixed estimator, GRPO with both scales.
+AWPO_CASES = [dict(estimator="awpo", gate=g, weight=w, clip=c)
+              for g, w, c in itertools.product(("soft", "hard", "ratio"), ("linear", "bernoulli", "none"),
+                                               ("sign", "none"))]
+AWPO_CASES += [dict(estimator="awpo", scale="none"), dict(estimator="awpo", unbiased=False, gate="ratio"),
+               dict(estimator="awpo", gate="hard", gate_threshold=0.2, clip_ratio=0.9),
+               dict(estimator="awpo", reasoning_coef=2.5, clip_max=0.7, clip_ratio=0.3)]
+MIXED_CASES = [dict(estimator="awpo_mixed", gate=g, weight=w)
+               for g, w in itertools.product(("soft", "hard", "ratio"), ("linear", "bernoulli", "none"))]
+MIXED_CASES += [dict(estimator="awpo_mixed", scale="none", gate="ratio"), dict(estimator="awpo_mixed", unbiased=False)]
+GRPO_CASES = [dict(estimator="grpo"), dict(estimator="grpo", scale="none"), dict(estimator="grpo", unbiased=False)]
+CASES = AWPO_CASES + MIXED_CASES + GRPO_CASES
+GROUP_SIZES = (2, 3, 5, 7, 16)
+
+
+def case_id(case):
+    return "-".join(f"{k}={v}" for k, v in case.items())
+
+
+@pytest.mark.parametrize("group_size", GROUP_SIZES)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_reference(backend, case, group_size):
+    index = CASES.index(case)
+    graded = index % 2 == 1
+    outcome_range = (-1.0, 3.0) if index % 3 == 2 else (0.0, 1.0)
+    outcome, reasoning = random_batch(7 + 2 * (index % 3), group_size, seed=100 * index + group_size,
+                                      graded=graded, outcome_range=outcome_range)
+    options = dict(group_size=group_size, outcome_range=outcome_range, clip_shrink=0.7, epsilon_low=0.2,
+                   epsilon_high=0.28, **case)
+    ref = reference.group_advantages(outcome, reasoning, **options)
+    assert_matches_reference(run(backend, outcome, reasoning, **options), ref, atol=1e-9, rtol=1e-9)
+    out32 = run(backend, outcome.float(), reasoning.float(), **options)
+    assert out32.advantages.dtype == torch.float32
+    ref32 = reference.group_advantages(outcome.float().to(f64), reasoning.float().to(f64), **options)
+    assert_matches_reference(out32, ref32, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("estimator", ("grpo", "awpo", "awpo_mixed"))
+@pytest.mark.parametrize("gate", ("soft", "ratio"))
+def test_without_reasoning_matches_reference(backend, estimator, gate):
+    outcome, _ = random_batch(9, 5, seed=7, graded=True)
+    options = dict(group_size=5, estimator=estimator, gate=gate, clip_shrink=0.5)
+    ref = reference.group_advantages(outcome, None, **options)
+    assert_matches_reference(run(backend, outcome, None, **options), ref, atol=1e-9, rtol=1e-9)
+
+
+def test_half_precision_inputs_give_float32(backend):
+    outcome, reasoning = random_batch(5, 3, seed=11)
+    out = run(backend, outcome.bfloat16(), reasoning.half(), group_size=3)
+    ref = reference.group_advantages(outcome.bfloat16().to(f64), reasoning.half().to(f64), group_size=3)
+    assert all(getattr(out, f).dtype == torch.float32 for f in FIELDS)
+    assert_matches_reference(out, ref, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the AWPO properties
+
+# The interpreter runs one program per group at a few ms each: fewer random groups there.
+PROPERTY_GROUPS = 41 if INTERPRETING else 101
+
+
+def property_batch(seed, num_groups=PROPERTY_GROUPS, group_size=6, graded=False):
+    return random_batch(num_groups, group_size, seed, graded=graded, nan_rate=0.2)
+
+
+@pytest.mark.parametrize("gate,weight", [("soft", "linear"), ("hard", "bernoulli"), ("ratio", "none")])
+def test_property1_no_reasoning_signal_gives_exactly_grpo(backend, gate, weight):
+    outcome, reasoning = property_batch(seed=1, graded=True)
+    options = dict(group_size=6, gate=gate, weight=weight, clip_shrink=0.3)
+    grpo = run(backend, outcome, reasoning, estimator="grpo", **options).advantages
+    all_nan = run(backend, outcome, torch.full_like(reasoning, NAN), **options)
+    no_coef = run(backend, outcome, reasoning, reasoning_coef=0.0, **options)
+    with_reasoning = run(backend, outcome, reasoning, **options).advantages
+    assert torch.equal(all_nan.advantages, grpo)
+    assert torch.equal(no_coef.advantages, grpo)
+    assert all_nan.clipped_fraction == 0 and no_coef.clipped_fraction == 0
+    assert not torch.equal(with_reasoning, grpo)  # the reasoning term is live on this data
+
+
+@pytest.mark.parametrize("clip_ratio", (0.1, 0.5, 0.99))
+@pytest.mark.parametrize("gate", ("soft", "ratio"))
+def test_property2_sign_clip_never_overturns_the_outcome(backend, clip_ratio, gate):
+    for seed, graded in ((2, False), (3, True)):
+        outcome, reasoning = property_batch(seed, graded=graded)
+        options = dict(group_size=6, gate=gate, weight="none", reasoning_coef=4.0, clip_ratio=clip_ratio)
+        adv_o = run(backend, outcome, reasoning, estimator="grpo", **options).advantages
+        awpo = run(backend, outcome, reasoning, clip="sign", **options)
+        unclipped = run(backend, outcome, reasoning, clip="none", **options).advantages
+        decided = adv_o != 0
+        assert decided.sum() > 0.8 * decided.numel()
+        assert torch.equal(torch.sign(awpo.advantages[decided]), torch.sign(adv_o[decided]))
+        assert awpo.clipped_fraction > 0  # the clip had work to do ...
+        assert (torch.sign(unclipped[decided]) != torch.sign(adv_o[decided])).any()  # ... and it mattered
+        assert ((awpo.advantages - adv_o).abs() <= clip_ratio * adv_o.abs() + 1e-6)[decided].all()
+
+
+@pytest.mark.parametrize("gate,weight", [("soft", "linear"), ("hard", "linear"), ("ratio", "bernoulli"),
+                                         ("soft", "none")])
+def test_property3_equal_outcomes_still_learn_from_reasoning(backend, gate, weight):
+    # Equal outcomes in every group, graded values included (0.1 and 0.3 are not averaged exactly by a
+    # plain floating-point mean); the reasoning scores differ.
+    gen = torch.Generator().manual_seed(4)
+    levels = torch.tensor([0.0, 0.1, 0.3, 0.6, 0.75, 1.0], dtype=f64)
+    num_groups, group_size = PROPERTY_GROUPS + 20, 7
+    outcome = levels[torch.randint(0, len(levels), (num_groups, 1), generator=gen)].expand(-1, group_size)
+    reasoning = torch.rand(num_groups, group_size, generator=gen, dtype=f64)
+    reasoning[torch.rand(num_groups, group_size, generator=gen) < 0.2] = NAN
+    reasoning[:, :2] = torch.tensor([0.1, 0.9], dtype=f64)  # at least two valid, different scores
+    clip_max = 0.7
+    for dtype in (f64, torch.float32):
+        out = run(backend, outcome.reshape(-1).to(dtype), reasoning.reshape(-1).to(dtype), group_size=group_size,
+                  gate=gate, weight=weight, reasoning_coef=3.0, clip_max=clip_max)
+        adv = out.advantages.to(f64).reshape(num_groups, group_size)
+        assert (out.outcome_std == 0).all()
+        weight_positive = (out.weight > 0)[:, None]
+        s = reasoning.to(dtype).to(f64)
+        valid = ~torch.isnan(s)
+        mean_s = torch.where(valid, s, 0.0).sum(1, keepdim=True) / valid.sum(1, keepdim=True)
+        differs = valid & ((s - mean_s).abs() > 1e-3)
+        assert weight_positive.sum() > num_groups // 2
+        assert weight == "none" or (~weight_positive).sum() > num_groups // 20  # solved groups get w = 0 ...
+        assert (adv[differs & weight_positive] != 0).all()
+        assert (adv[~valid] == 0).all() and (adv[~weight_positive.expand_as(adv)] == 0).all()  # ... and A = 0
+        assert (adv.abs() <= clip_max + 1e-6).all()
+        assert (adv.abs().amax(1)[weight_positive[:, 0]] > 0.1).all()
+
+
+@pytest.mark.parametrize("gate", ("soft", "hard"))
+@pytest.mark.parametrize("clip", ("sign", "none"))
+def test_property4_reasoning_shift_and_scale_leave_advantages_unchanged(backend, gate, clip):
+    outcome, reasoning = property_batch(seed=5, graded=gate == "soft")
+    gen = torch.Generator().manual_seed(6)
+    num_groups = outcome.numel() // 6
+    scale = (0.2 + 3.0 * torch.rand(num_groups, 1, generator=gen, dtype=f64)).expand(-1, 6).reshape(-1)
+    shift = (4.0 * torch.rand(num_groups, 1, generator=gen, dtype=f64) - 2.0).expand(-1, 6).reshape(-1)
+    options = dict(group_size=6, gate=gate, clip=clip, weight="bernoulli", reasoning_coef=1.5)
+    for eps, atol in ((1e-12, 1e-8), (1e-6, 1e-3)):
+        base = run(backend, outcome, reasoning, eps=eps, **options).advantages
+        moved = run(backend, outcome, reasoning * scale + shift, eps=eps, **options).advantages
+        torch.testing.assert_close(moved, base, atol=atol, rtol=0)
+    assert not torch.equal(base, run(backend, outcome, None, **options).advantages)  # reasoning matters here
+
+
+# ----------------------------------------------------------------------------- hand-computed examples
+
+OUTCOME_1000 = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=f64)
+REASONING_HALVES = torch.tensor([1.0, 0.5, 0.0, NAN], dtype=f64)
+
+
+def test_grpo_hand_computed(backend):
+    # mean = 1/4; deviations .75, -.25, -.25, -.25; sum of squares .5625 + 3 * .0625 = .75;
+    # unbiased std = sqrt(.75 / 3) = .5, so A^o = [1.5, -.5, -.5, -.5]
+    out = run(backend, OUTCOME_1000, group_size=4, estimator="grpo")
+    torch.testing.assert_close(out.advantages, torch.tensor([1.5, -0.5, -0.5, -0.5], dtype=f64), atol=1e-5, rtol=0)
+    assert out.outcome_std.item() == pytest.approx(0.5, abs=1e-12)
+    # population std = sqrt(.75 / 4) = sqrt(3) / 4, so A^o = [sqrt(3), -1/sqrt(3), ...]
+    pop = run(backend, OUTCOME_1000, group_size=4, estimator="grpo", unbiased=False).advantages
+    r3 = math.sqrt(3.0)
+    torch.testing.assert_close(pop, torch.tensor([r3, -1 / r3, -1 / r3, -1 / r3], dtype=f64), atol=1e-5, rtol=0)
+    # Dr. GRPO (scale="none"): o - mean
+    dr = run(backend, OUTCOME_1000, group_size=4, estimator="grpo", scale="none").advantages
+    assert dr.tolist() == [0.75, -0.25, -0.25, -0.25]
+    # two groups: [1, 1, 0] (mean 2/3, std sqrt(1/3)) and an all-equal one (A = 0)
+    two = run(backend, torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0], dtype=f64), group_size=3, estimator="grpo")
+    a = (1 / 3) / math.sqrt(1 / 3)
+    torch.testing.assert_close(two.advantages, torch.tensor([a, a, -2 * a, 0, 0, 0], dtype=f64), atol=1e-5, rtol=0)
+
+
+def test_awpo_soft_gate_linear_weight_hand_computed(backend):
+    # A^o = [1.5, -.5, -.5, -.5] as above. Valid reasoning 1, .5, 0: mean .5, std sqrt(.5 / 2) = .5,
+    # A^s = [1, 0, -1, 0] (NaN member: 0). popstd(o) = sqrt(3)/4, half range .5, v = sqrt(3)/2,
+    # soft gate g = 1 - sqrt(3)/2 = .1340; pass rate .25, linear weight w = .75.
+    # R = g * w * A^s = [.1005, 0, -.1005, 0]; sign-clip bounds .5 * |A^o| = [.75, .25, .25, .25]: no clip.
+    out = run(backend, OUTCOME_1000, REASONING_HALVES, group_size=4, clip_shrink=2.0)
+    g, w = 1 - math.sqrt(3) / 2, 0.75
+    expected = torch.tensor([1.5 + g * w, -0.5, -0.5 - g * w, -0.5], dtype=f64)
+    torch.testing.assert_close(out.advantages, expected, atol=1e-5, rtol=0)
+    assert out.gate.item() == pytest.approx(g, abs=1e-6) and out.weight.item() == pytest.approx(w, abs=1e-6)
+    assert out.outcome_std.item() == pytest.approx(0.5, abs=1e-6)
+    assert out.reasoning_std.item() == pytest.approx(0.5, abs=1e-6)
+    assert out.clipped_fraction.item() == 0.0
+    # dynamic clip: epsilon / (1 + eta * g * w) with eta = 2
+    torch.testing.assert_close(out.epsilon_low, torch.full((4,), 0.2 / (1 + 2 * g * w), dtype=f64), atol=1e-6, rtol=0)
+
+
+def test_awpo_ratio_gate_sign_clip_hand_computed(backend):
+    # ratio gate g = sd_s / (sd_o + sd_s) = .5 / (.5 + .5) = .5; weight "none": w = 1; R = .5 * A^s =
+    # [.5, 0, -.5, 0]; bounds [.75, .25, .25, .25] clip member 2 to -.25: A = [2, -.5, -.75, -.5],
+    # one of four terms clipped.
+    out = run(backend, OUTCOME_1000, REASONING_HALVES, group_size=4, gate="ratio", weight="none",
+              clip_shrink=1.0, epsilon_high=0.3)
+    torch.testing.assert_close(out.advantages, torch.tensor([2.0, -0.5, -0.75, -0.5], dtype=f64), atol=1e-5, rtol=0)
+    assert out.gate.item() == pytest.approx(0.5, abs=1e-6) and out.weight.item() == 1.0
+    assert out.clipped_fraction.item() == 0.25
+    # eps / (1 + 1 * .5 * 1): .2 -> .1333, .3 -> .2
+    torch.testing.assert_close(out.epsilon_low, torch.full((4,), 0.2 / 1.5, dtype=f64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.epsilon_high, torch.full((4,), 0.2, dtype=f64), atol=1e-6, rtol=0)
+    # without the clip the reasoning term goes through: A = [2, -.5, -1, -.5]
+    free = run(backend, OUTCOME_1000, REASONING_HALVES, group_size=4, gate="ratio", weight="none", clip="none")
+    torch.testing.assert_close(free.advantages, torch.tensor([2.0, -0.5, -1.0, -0.5], dtype=f64), atol=1e-5, rtol=0)
+
+
+def test_awpo_equal_outcomes_hand_computed(backend):
+    # Outcomes all .6 (graded): A^o = 0, sd_o = 0, soft gate 1, w = 1 - .6 = .4. Reasoning .2, .5, .8:
+    # mean .5, std sqrt(.18 / 2) = .3, A^s = [-1, 0, 1]; R = .4 * A^s, bounded by clip_max (.3 here).
+    outcome = torch.tensor([0.6, 0.6, 0.6], dtype=f64)
+    reasoning = torch.tensor([0.2, 0.5, 0.8], dtype=f64)
+    out = run(backend, outcome, reasoning, group_size=3)
+    torch.testing.assert_close(out.advantages, torch.tensor([-0.4, 0.0, 0.4], dtype=f64), atol=1e-5, rtol=0)
+    assert out.gate.item() == 1.0 and out.outcome_std.item() == 0.0
+    capped = run(backend, outcome, reasoning, group_size=3, clip_max=0.3)
+    torch.testing.assert_close(capped.advantages, torch.tensor([-0.3, 0.0, 0.3], dtype=f64), atol=1e-6, rtol=0)
+    assert capped.clipped_fraction.item() == pytest.approx(2 / 3)
+    hard = run(backend, outcome, reasoning, group_size=3, gate="hard")
+    assert hard.gate.item() == 1.0  # popvar(o) = 0 <= threshold 0
+
+
+def test_awpo_mixed_hand_computed(backend):
+    # ratio gate .5, weight none. m = .5 * o + .5 * s (NaN -> o) = [1, .25, 0, 0]; mean .3125;
+    # deviations [.6875, -.0625, -.3125, -.3125]; sum of squares .671875; unbiased std sqrt(.671875 / 3).
+    out = run(backend, OUTCOME_1000, REASONING_HALVES, group_size=4, estimator="awpo_mixed", gate="ratio",
+              weight="none")
+    sd = math.sqrt(0.671875 / 3)
+    expected = torch.tensor([0.6875, -0.0625, -0.3125, -0.3125], dtype=f64) / sd
+    torch.testing.assert_close(out.advantages, expected, atol=1e-5, rtol=0)
+    assert out.clipped_fraction.item() == 0.0
+
+
+def test_fewer_than_two_valid_scores_give_no_reasoning_term(backend):
+    outcome = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], dtype=f64)
+    reasoning = torch.tensor([0.9, NAN, NAN, NAN, NAN, NAN], dtype=f64)
+    out = run(backend, outcome, reasoning, group_size=3, gate="ratio", weight="none")
+    grpo = run(backend, outcome, group_size=3, estimator="grpo")
+    assert torch.equal(out.advantages, grpo.advantages)
+    assert out.reasoning_std.tolist() == [0.0, 0.0] and out.gate.tolist() == [0.0, 0.0]
+
+
+def test_empty_batch(backend):
+    out = run(backend, torch.zeros(0, dtype=f64), torch.zeros(0, dtype=f64), group_size=4)
+    assert out.advantages.shape == (0,) and out.gate.shape == (0,)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+GOOD = torch.tensor([1.0, 0.0, 0.5, 0.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("outcome,reasoning,options,name", [
+    (GOOD, None, dict(group_size=4), "group_size"),  # B = 6 is not a multiple of 4
+    (GOOD, None, dict(group_size=1), "group_size"),
+    (GOOD, None, dict(group_size=3.0), "group_size"),
+    (GOOD, None, dict(group_size=True), "group_size"),
+    (torch.tensor([1.0, NAN, 0.0]), None, dict(group_size=3), "outcome"),
+    (torch.tensor([1.0, float("inf"), 0.0]), None, dict(group_size=3), "outcome"),
+    (torch.tensor([1, 0, 1]), None, dict(group_size=3), "outcome"),
+    (GOOD.reshape(2, 3), None, dict(group_size=3), "outcome"),
+    (GOOD, torch.tensor([0.1, float("inf"), 0.2, 0.3, 0.4, 0.5]), dict(group_size=3), "reasoning"),
+    (GOOD, torch.tensor([0.1, -float("inf"), NAN, 0.3, 0.4, 0.5]), dict(group_size=3), "reasoning"),
+    (GOOD, torch.rand(5), dict(group_size=3), "reasoning"),
+    (GOOD, torch.rand(6, 1), dict(group_size=3), "reasoning"),
+    (GOOD, torch.ones(6, dtype=torch.int64), dict(group_size=3), "reasoning"),
+    (GOOD, None, dict(group_size=3, estimator="ppo"), "estimator"),
+    (GOOD, None, dict(group_size=3, scale="batch"), "scale"),
+    (GOOD, None, dict(group_size=3, gate="sigmoid"), "gate"),
+    (GOOD, None, dict(group_size=3, weight="quadratic"), "weight"),
+    (GOOD, None, dict(group_size=3, clip="abs"), "clip"),
+    (GOOD, None, dict(group_size=3, backend="cuda"), "backend"),
+    (GOOD, None, dict(group_size=3, outcome_range=(1.0, 0.0)), "outcome_range"),
+    (GOOD, None, dict(group_size=3, outcome_range=(0.0, float("inf"))), "outcome_range"),
+    (GOOD, None, dict(group_size=3, eps=0.0), "eps"),
+    (GOOD, None, dict(group_size=3, eps=NAN), "eps"),
+    (GOOD, None, dict(group_size=3, clip_ratio=-0.5), "clip_ratio"),
+    (GOOD, None, dict(group_size=3, clip_max=NAN), "clip_max"),
+    (GOOD, None, dict(group_size=3, clip_shrink="1"), "clip_shrink"),
+    (GOOD, None, dict(group_size=3, reasoning_coef=float("inf")), "reasoning_coef"),
+    (GOOD, None, dict(group_size=3, gate_threshold=-1.0), "gate_threshold"),
+    (GOOD, None, dict(group_size=3, epsilon_low=-0.1), "epsilon_low"),
+    (GOOD, None, dict(group_size=3, epsilon_high=None), "epsilon_high"),
+    (GOOD, None, dict(group_size=3, unbiased="yes"), "unbiased"),
+])
+def test_bad_input_raises_value_error_naming_the_argument(outcome, reasoning, options, name):
+    with pytest.raises(ValueError, match=name):
+        ak.group_advantages(outcome, reasoning, **options)
+
+
+@pytest.mark.skipif(INTERPRETING, reason="the interpreter makes backend='triton' legal on CPU")
+def test_triton_on_cpu_without_interpreter_raises():
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        ak.group_advantages(GOOD, group_size=3, backend="triton")
+
+
+# ----------------------------------------------------------------------------- the kernel's contract
+
+@pytest.mark.skipif(INTERPRETING, reason="inspects the compiled (not interpreted) JIT function")
+def test_kernel_takes_hyper_parameters_at_run_time():
+    from awpo_kernels._advantages_triton import _group_advantages_kernel
+    constexprs = {p.name for p in _group_advantages_kernel.params if p.is_constexpr}
+    assert constexprs == {"HAS_REASONING", "ESTIMATOR", "SCALE_BY_STD", "GATE", "WEIGHT", "CLIP_SIGN", "BLOCK_G"}
+
+
+@pytest.mark.skipif(not HAS_CUDA or INTERPRETING, reason="needs a CUDA GPU")
+def test_cuda_changing_hyper_parameters_does_not_recompile():
+    from awpo_kernels._advantages_triton import _group_advantages_kernel
+    outcome, reasoning = random_batch(9, 5, seed=8)
+    outcome, reasoning = outcome.float().cuda(), reasoning.float().cuda()
+    ak.group_advantages(outcome, reasoning, group_size=5, backend="triton")
+    device = torch.cuda.current_device()
+    compiled = len(_group_advantages_kernel.device_caches[device][0])
+    for value in (0.3, 0.7, 1.9):
+        ak.group_advantages(outcome, reasoning, group_size=5, backend="triton", eps=value * 1e-5, clip_ratio=value,
+                            clip_max=value, clip_shrink=value, reasoning_coef=value, epsilon_low=value / 4,
+                            epsilon_high=value / 3, outcome_range=(-value, 2.0), gate_threshold=value / 10)
+    torch.cuda.synchronize()
+    assert len(_group_advantages_kernel.device_caches[device][0]) == compiled
+
+
+@pytest.mark.skipif(not HAS_CUDA or INTERPRETING, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ("triton", "torch"))
+def test_cuda_no_host_sync(name, monkeypatch):
+    monkeypatch.setenv("AWPO_KERNELS_CHECK_INPUTS", "0")  # the value checks sync by design
+    outcome, reasoning = random_batch(9, 5, seed=9)
+    outcome, reasoning = outcome.float().cuda(), reasoning.float().cuda()
+    ak.group_advantages(outcome, reasoning, group_size=5, backend=name)  # compile outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for estimator in ("grpo", "awpo", "awpo_mixed"):
+            ak.group_advantages(outcome, reasoning, group_size=5, backend=name, estimator=estimator)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

@@ -1,0 +1,134 @@
+"""CI smoke test of benchmarks/: every benchmark runs once at a tiny shape, so the suite cannot rot.
+
+The benchmarks themselves (real shapes, timings) run with `pytest benchmarks/ --benchmark-only` or
+`python -m benchmarks.report`; here torch.compile baselines are only traced (backend "eager").
+"""
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import awpo_kernels
+from benchmarks import baselines, memory, report
+from benchmarks.cases import OPS, CaseOptions, build_case, build_case_by_name, implementations, make_inputs
+from benchmarks.shapes import SMOKE_LM_HEAD, shape_by_name, select_shapes
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SMOKE = CaseOptions(compile_backend="eager")
+
+
+def test_every_benchmark_file_runs_once_at_the_smoke_shape():
+    env = dict(os.environ, AWPO_BENCH_SHAPES="smoke", AWPO_BENCH_DEVICE="cpu", AWPO_BENCH_COMPILE_BACKEND="eager",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    done = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider",
+                           "--benchmark-disable"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    expected = sum(len(implementations(op, "cpu")) for op in OPS)
+    assert re.search(rf"\b{expected} passed\b", done.stdout), done.stdout[-1000:]
+    assert "skipped" not in done.stdout and "failed" not in done.stdout
+
+
+def test_report_writes_a_table_per_op_and_keeps_the_rest_of_the_file(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\nhand-written notes\n", encoding="utf-8")
+    args = ["--device", "cpu", "--shapes", "smoke", "--no-memory", "--compile-backend", "eager", "--rounds", "1",
+            "--output", str(results)]
+    report.main(args)
+    report.main(args)  # a second run replaces its section instead of appending another
+    text = results.read_text(encoding="utf-8")
+    assert text.startswith("# Results\n\nhand-written notes\n")
+    assert text.count("<!-- benchmarks.report:cpu:smoke begin -->") == 1
+    for op in OPS:
+        assert f"#### {report.TITLES[op]}" in text
+        for impl in implementations(op, "cpu"):
+            assert re.search(rf"^\| {re.escape(impl)} \| [0-9.]+ \[", text, re.MULTILINE), (op, impl)
+    assert "failed" not in text
+    assert "time / materialised = " in text  # the CPU target lines, with a measured ratio
+
+
+def test_write_section_replaces_only_its_own_markers(tmp_path):
+    path = tmp_path / "r.md"
+    report.write_section(path, "cpu", "one")
+    report.write_section(path, "cuda", "gpu numbers")
+    report.write_section(path, "cpu", "two")
+    text = path.read_text(encoding="utf-8")
+    assert "one" not in text and "two" in text and "gpu numbers" in text
+    assert text.index("two") < text.index("gpu numbers")
+
+
+def test_cpu_memory_probe_sees_the_materialised_logits():
+    shape = SMOKE_LM_HEAD[0]
+    result = memory.measure_cpu_subprocess("fused_linear_policy_loss", "materialised", shape.name,
+                                           compile_backend="eager")
+    logits_bytes = shape.tokens * shape.vocab * 4
+    assert result.method == memory.CPU_METHOD
+    assert logits_bytes <= result.extra_bytes < 64 * 2 ** 20, result
+    assert result.base_bytes > 0
+
+
+def test_materialised_baseline_computes_the_same_loss_and_gradients_as_awpo_kernels():
+    shape = SMOKE_LM_HEAD[0]
+    ours = make_inputs("fused_linear_policy_loss", shape, torch.device("cpu"), seed=3)
+    theirs = make_inputs("fused_linear_policy_loss", shape, torch.device("cpu"), seed=3)
+    assert (ours.targets == -100).any() and (ours.targets != -100).any()
+    loss = awpo_kernels.fused_linear_policy_loss(ours.hidden, ours.weight, ours.targets, ours.advantages,
+                                                 loss_type="grpo", beta=0.0, backend="reference").loss
+    loss.backward()
+    base = baselines.materialised_policy_loss(theirs.hidden, theirs.weight, theirs.targets, theirs.advantages)
+    base.backward()
+    torch.testing.assert_close(base, loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(theirs.hidden.grad, ours.hidden.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(theirs.weight.grad, ours.weight.grad, rtol=1e-4, atol=1e-6)
+    assert ours.weight.grad.abs().sum() > 0
+
+
+def test_materialised_logprobs_and_plain_grpo_match_the_library():
+    shape = SMOKE_LM_HEAD[0]
+    x = make_inputs("linear_logprobs", shape, torch.device("cpu"), seed=5)
+    expected = awpo_kernels.linear_logprobs(x.hidden, x.weight, x.targets, backend="reference").logprobs
+    torch.testing.assert_close(baselines.materialised_logprobs(x.hidden, x.weight, x.targets), expected)
+    groups = make_inputs("group_advantages", shape_by_name("groups-smoke"), torch.device("cpu"), seed=5)
+    grpo = awpo_kernels.group_advantages(groups.outcome, group_size=groups.group_size, estimator="grpo",
+                                         backend="reference").advantages
+    torch.testing.assert_close(baselines.grpo_group_advantages(groups.outcome, groups.group_size), grpo)
+
+
+def test_gemm_floor_returns_both_backward_gemms_with_their_shapes():
+    shape = SMOKE_LM_HEAD[0]
+    case = build_case_by_name("fused_linear_policy_loss", "lm-head-gemms", shape.name, "cpu", SMOKE)
+    case.run()
+    grad_hidden, grad_weight = case.kept
+    assert grad_hidden.shape == (shape.tokens, shape.hidden) and grad_weight.shape == (shape.vocab, shape.hidden)
+    assert case.flops == 6 * shape.tokens * shape.hidden * shape.vocab and case.summary() is None
+    case.reset()
+    assert case.kept is None
+
+
+def test_cases_reject_bad_names_with_a_clear_error():
+    shape = SMOKE_LM_HEAD[0]
+    inputs = make_inputs("linear_logprobs", shape, torch.device("cpu"))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        build_case("linear_logprobs", "liger-typo", shape, inputs)
+    with pytest.raises(ValueError, match="op must be one of"):
+        build_case("logprobs", "awpo", shape, inputs)
+    with pytest.raises(ValueError, match="shape for group_advantages must be a GroupShape"):
+        build_case("group_advantages", "awpo", shape, inputs)
+    with pytest.raises(ValueError, match="unknown shape"):
+        shape_by_name("qwen9")
+    with pytest.raises(ValueError, match="kind must be"):
+        select_shapes("vocab", "cpu")
+
+
+def test_default_cpu_shapes_keep_the_real_vocabularies():
+    vocabs = {s.vocab for s in select_shapes("lm_head", "cpu")}
+    assert vocabs == {151936, 128256}
+    main = select_shapes("lm_head", "cpu")[0]
+    assert (main.tokens, main.hidden, main.vocab, main.dtype) == (2048, 256, 151936, torch.float32)
+    # The materialised baseline holds about three fp32 logits tensors: keep one under 2 GiB on a 24 GiB machine.
+    assert all(math.prod((s.tokens, s.vocab)) * 4 < 2 ** 31 for s in select_shapes("lm_head", "cpu"))
