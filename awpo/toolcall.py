@@ -314,7 +314,39 @@ def render_prompt(tokenizer, messages: list[dict], tools: list[dict], *, add_gen
     template_tools = [{"type": "function", "function": tool} for tool in normalize_tools(tools)]
     if template_supports_tools(tokenizer, messages, template_tools):
         return _apply_template(tokenizer, messages, template_tools, add_generation_prompt)
-    return _apply_template(tokenizer, with_tool_system_prompt(messages, tools), None, add_generation_prompt)
+    hermes = with_tool_system_prompt(hermes_conversation(messages), tools)
+    return _apply_template(tokenizer, hermes, None, add_generation_prompt)
+
+
+def tool_result_message(result: str) -> dict:
+    """The chat message that hands a tool's result back to the model (OpenAI / Qwen role "tool")."""
+    return {"role": "tool", "content": result}
+
+
+def hermes_conversation(messages: list[dict]) -> list[dict]:
+    """Messages for a template that knows nothing of tools: an assistant message's ``tool_calls``
+    become ``<tool_call>`` blocks in its content, and tool results are wrapped in
+    ``<tool_response>`` tags, as Hermes-style prompts show them."""
+    converted = []
+    for message in messages:
+        content = str(message.get("content") or "")
+        if message.get("role") == "tool":
+            converted.append({"role": "tool", "content": f"<tool_response>\n{content}\n</tool_response>"})
+        elif message.get("role") == "assistant" and message.get("tool_calls"):
+            calls = [_openai_call(call) for call in message["tool_calls"]]
+            text = "\n".join(part for part in (content.strip(), format_tool_calls(calls)) if part)
+            converted.append({"role": "assistant", "content": text})
+        else:
+            converted.append(message)
+    return converted
+
+
+def _openai_call(call: dict) -> dict:
+    function = call.get("function", call)
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):  # OpenAI stores arguments as a JSON string
+        arguments = json.loads(arguments) if arguments.strip() else {}
+    return {"name": function["name"], "arguments": arguments}
 
 
 def template_supports_tools(tokenizer, messages: list[dict], template_tools: list[dict]) -> bool:

@@ -25,28 +25,6 @@ WEIGHT_CODES = {"linear": 0, "bernoulli": 1, "none": 2}
 
 
 @triton.jit
-def _centre(x, valid):
-    """Deviations from the mean over the valid members, their count and sum of squares.
-
-    The values are first shifted by one valid member (the largest), so a group of equal values has
-    exactly zero deviations: a plain mean of seven 0.3's is not exactly 0.3 in floating point, and
-    the tiny spread that leaves would turn "all outcomes equal" (gate 1, clip by clip_max) off.
-    Returns (shift, mean - shift, deviations, count, sum of squared deviations).
-    """
-    count = tl.sum(valid.to(tl.int32), axis=0)
-    shift = tl.max(tl.where(valid, x, float("-inf")), axis=0)
-    shifted = tl.where(valid, x - shift, 0.0)
-    offset = tl.sum(shifted, axis=0) / tl.maximum(count, 1).to(x.dtype)
-    dev = tl.where(valid, shifted - offset, 0.0)
-    return shift, offset, dev, count, tl.sum(dev * dev, axis=0)
-
-
-@triton.jit
-def _clamp01(x):
-    return tl.minimum(tl.maximum(x, 0.0), 1.0)
-
-
-@triton.jit
 def _group_advantages_kernel(
     outcome_ptr, reasoning_ptr,                       # [B] inputs (any float dtype)
     adv_ptr, eps_low_ptr, eps_high_ptr,               # [B] outputs
@@ -56,41 +34,60 @@ def _group_advantages_kernel(
     HAS_REASONING: tl.constexpr, ESTIMATOR: tl.constexpr, SCALE_BY_STD: tl.constexpr, GATE: tl.constexpr,
     WEIGHT: tl.constexpr, CLIP_SIGN: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
+    # Every group statistic centres on one member's value before averaging, so a group of equal
+    # values has exactly zero deviations: a plain mean of seven 0.3's is not exactly 0.3 in floating
+    # point, and the tiny spread it leaves would switch "all outcomes equal" (hard gate 1, clip by
+    # clip_max) off. The helpers are written inline: each nested call and reduction is costly under
+    # the interpreter, so the kernel keeps to the few reductions it needs.
     group = tl.program_id(0)
     member = tl.arange(0, BLOCK_G)
     in_group = member < group_size
-    offsets = tl.cast(group, tl.int64) * group_size + member
+    first = tl.cast(group, tl.int64) * group_size
+    offsets = first + member
     dtype = adv_ptr.dtype.element_ty
+    n = tl.cast(group_size, dtype)
     o = tl.load(outcome_ptr + offsets, mask=in_group, other=0.0).to(dtype)
-    if HAS_REASONING:
-        s = tl.load(reasoning_ptr + offsets, mask=in_group, other=float("nan")).to(dtype)
-        s_valid = in_group & (s == s)  # NaN = no score
-    else:
-        s = tl.zeros([BLOCK_G], dtype)
-        s_valid = in_group & (member < 0)
 
-    # Outcome statistics; A^o.
-    o_shift, o_offset, o_dev, n, o_sumsq = _centre(o, in_group)
-    sd_o = tl.sqrt(o_sumsq / (n - correction).to(dtype))
+    # Outcome statistics (centred on the first member); A^o.
+    o_first = tl.load(outcome_ptr + first).to(dtype)
+    o_shifted = tl.where(in_group, o - o_first, 0.0)
+    o_mean_offset = tl.sum(o_shifted, axis=0) / n
+    o_dev = tl.where(in_group, o_shifted - o_mean_offset, 0.0)
+    o_sumsq = tl.sum(o_dev * o_dev, axis=0)
+    sd_o = tl.sqrt(o_sumsq / (n - correction))
     if SCALE_BY_STD:
         adv_o = o_dev / (sd_o + eps)
     else:
         adv_o = o_dev
 
-    # Reasoning statistics over the valid members; A^s = 0 unless at least 2 are valid.
-    _, _, s_dev, n_s, s_sumsq = _centre(s, s_valid)
-    enough = n_s >= 2
-    sd_s = tl.where(enough, tl.sqrt(s_sumsq / tl.maximum(n_s - correction, 1).to(dtype)), 0.0)
-    adv_s = tl.where(s_valid & enough, s_dev / (sd_s + eps), 0.0)
+    # Reasoning statistics over the valid (non-NaN) members, centred on the largest valid score;
+    # A^s = 0 unless at least 2 members are valid.
+    if HAS_REASONING:
+        s = tl.load(reasoning_ptr + offsets, mask=in_group, other=float("nan")).to(dtype)
+        s_valid = in_group & (s == s)
+        n_s = tl.sum(s_valid.to(tl.int32), axis=0)
+        s_shift = tl.max(tl.where(s_valid, s, float("-inf")), axis=0)
+        s_shifted = tl.where(s_valid, s - s_shift, 0.0)
+        s_dev = tl.where(s_valid, s_shifted - tl.sum(s_shifted, axis=0) / tl.maximum(n_s, 1).to(dtype), 0.0)
+        enough = n_s >= 2
+        s_var = tl.sum(s_dev * s_dev, axis=0) / tl.maximum(n_s - correction, 1).to(dtype)
+        sd_s = tl.where(enough, tl.sqrt(s_var), 0.0)
+        adv_s = tl.where(s_valid & enough, s_dev / (sd_s + eps), 0.0)
+    else:
+        s = o
+        s_valid = member < 0
+        sd_s = o_first * 0.0
+        adv_s = o * 0.0
 
     # Variance-aware gate g and difficulty weight w.
     if GATE == 0:
-        g = 1.0 - _clamp01(tl.sqrt(o_sumsq / n.to(dtype)) / (o_span * 0.5))
+        spread = tl.sqrt(o_sumsq / n) / (o_span * 0.5)
+        g = 1.0 - tl.minimum(tl.maximum(spread, 0.0), 1.0)
     elif GATE == 1:
-        g = tl.where(o_sumsq / n.to(dtype) <= gate_threshold, 1.0, 0.0)
+        g = tl.where(o_sumsq / n <= gate_threshold, 1.0, 0.0)
     else:
         g = sd_s / (sd_o + sd_s + eps)
-    pass_rate = _clamp01((o_shift + o_offset - o_min) / o_span)
+    pass_rate = tl.minimum(tl.maximum((o_first + o_mean_offset - o_min) / o_span, 0.0), 1.0)
     if WEIGHT == 0:
         w = 1.0 - pass_rate
     elif WEIGHT == 1:
@@ -100,7 +97,7 @@ def _group_advantages_kernel(
     g = g.to(dtype)
     w = w.to(dtype)
 
-    clipped = in_group & (member < 0)
+    clipped_count = 0
     if ESTIMATOR == 0:  # GRPO
         adv = adv_o
     elif ESTIMATOR == 1:  # AWPO: outcome advantage + gated, weighted, clipped reasoning term
@@ -108,14 +105,15 @@ def _group_advantages_kernel(
         if CLIP_SIGN:
             bound = tl.where(sd_o > 0, clip_ratio * tl.abs(adv_o), clip_max)
             r_clipped = tl.maximum(tl.minimum(r, bound), -bound)
-            clipped = in_group & (r_clipped != r)
+            clipped_count = tl.sum((in_group & (r_clipped < r)).to(tl.int32), axis=0)
             r = r_clipped
         adv = adv_o + r
     else:  # AWPO mixed at the reward level; a missing reasoning score falls back to the outcome
         m = (1.0 - g) * o + g * tl.where(s_valid, s, o)
-        _, _, m_dev, _, m_sumsq = _centre(m, in_group)
+        m_shifted = tl.where(in_group, m - tl.max(tl.where(in_group, m, float("-inf")), axis=0), 0.0)
+        m_dev = tl.where(in_group, m_shifted - tl.sum(m_shifted, axis=0) / n, 0.0)
         if SCALE_BY_STD:
-            sd_m = tl.sqrt(m_sumsq / (n - correction).to(dtype))
+            sd_m = tl.sqrt(tl.sum(m_dev * m_dev, axis=0) / (n - correction))
             adv = w * (m_dev / (sd_m + eps))
         else:
             adv = w * m_dev
@@ -124,14 +122,15 @@ def _group_advantages_kernel(
         shrink = w * 0.0 + 1.0
     else:
         shrink = 1.0 / (1.0 + clip_shrink * g * w)
+    per_member = tl.zeros([BLOCK_G], dtype)
     tl.store(adv_ptr + offsets, adv.to(dtype), mask=in_group)
-    tl.store(eps_low_ptr + offsets, (tl.zeros([BLOCK_G], dtype) + epsilon_low * shrink).to(dtype), mask=in_group)
-    tl.store(eps_high_ptr + offsets, (tl.zeros([BLOCK_G], dtype) + epsilon_high * shrink).to(dtype), mask=in_group)
+    tl.store(eps_low_ptr + offsets, (per_member + epsilon_low * shrink).to(dtype), mask=in_group)
+    tl.store(eps_high_ptr + offsets, (per_member + epsilon_high * shrink).to(dtype), mask=in_group)
     tl.store(gate_ptr + group, g)
     tl.store(weight_ptr + group, w)
     tl.store(outcome_std_ptr + group, sd_o.to(dtype))
     tl.store(reasoning_std_ptr + group, sd_s.to(dtype))
-    tl.store(clipped_ptr + group, tl.sum(clipped.to(tl.int32), axis=0))
+    tl.store(clipped_ptr + group, clipped_count)
 
 
 def group_advantages_triton(

@@ -106,7 +106,7 @@ def _online_softmax_stats(z_rows, in_range, vocab, inv_temperature, BLOCK_ROWS: 
         if NEED_ENTROPY:
             # re-centre the running sum on the new max: sum p'(z - m') = rescale * (sum p (z - m) + (m - m') sum p)
             shift = tl.where(row_max == float("-inf"), 0.0, row_max - safe_max)
-            sum_pz = rescale * (sum_pz + shift * sum_exp) + tl.sum(tl.where(mask, p * shifted, 0.0), 1)
+            sum_pz = rescale * (sum_pz + shift * sum_exp) + tl.sum(p * tl.where(mask, shifted, 0.0), 1)
         sum_exp = sum_exp * rescale + tl.sum(p, 1)
         row_max = new_max
     return row_max, sum_exp, sum_pz
@@ -161,8 +161,9 @@ def _lm_head_epilogue_kernel(
     else:
         row_max, sum_exp, sum_pz = _online_softmax_stats(z_rows, in_range, vocab, inv_temperature, BLOCK_ROWS,
                                                           BLOCK_V, NEED_ENTROPY)
+        sum_exp = tl.where(in_range, sum_exp, 1.0)  # rows past the chunk end: keep them finite
         log_sum = tl.log(sum_exp)  # >= 0: the max itself contributes exp(0) = 1
-        lse = row_max + log_sum
+        lse = tl.where(in_range, row_max + log_sum, 0.0)
         logp = tl.where(valid, (target_logit - row_max) - log_sum, 0.0)  # <= 0 by construction
         tl.store(logp_ptr + rows, logp, mask=in_range)
         if SAVE_LSE:

@@ -172,11 +172,12 @@ def op_score(category: str, items: list[dict]) -> list[dict]:
     model responses (what the ``multi_turn`` op returns)."""
     _check_category(category)
     known = {entry["id"]: entry for entry in _entries(category, for_generation=False)}
+    handler = _new_handler()  # stateless for decoding; building one per item would cost an HTTP client each
     verdicts = []
     for item in items:
         try:
             entry = _entry_for_item(item, known)
-            verdicts.append(_score_one(category, entry, item["result"]))
+            verdicts.append(_score_one(handler, category, entry, item["result"]))
         except Exception as exc:  # one broken item must not sink the batch
             verdicts.append({"id": item.get("id"), "valid": False, "error": [f"{type(exc).__name__}: {exc}"],
                              "error_type": "awpo:checker_exception"})
@@ -193,8 +194,7 @@ def _entry_for_item(item: dict, known: dict) -> dict:
     return copy.deepcopy(known[item["id"]])
 
 
-def _score_one(category: str, entry: dict, result) -> dict:
-    handler = _new_handler()
+def _score_one(handler, category: str, entry: dict, result) -> dict:
     ground_truth = entry.pop("ground_truth", None)
     if bfcl_utils.is_multi_turn(category):
         model_name = _unique_model_name()

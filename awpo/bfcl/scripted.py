@@ -19,25 +19,51 @@ from .generate import GenerateFn, GenerationRequest
 NO_CALL_REPLY = "I have done what was asked."
 
 
-def first_acceptable_calls(ground_truth: list[dict]) -> list[dict]:
-    """One correct answer from BFCL's possible-answer form ``[{name: {param: [acceptable, ...]}}]``:
-    the first acceptable value of each parameter, leaving out those whose first option is ``""``
-    (BFCL's mark of an optional parameter)."""
+def first_acceptable_calls(ground_truth: list[dict], functions: list[dict] | None = None) -> list[dict]:
+    """One correct answer from BFCL's possible-answer form ``[{name: {param: [acceptable, ...]}}]``.
+
+    Each parameter takes its first acceptable value, except that ``""`` (BFCL's mark of "may be
+    omitted") leaves an optional parameter out; with the function docs at hand, a required one
+    takes its first real value instead, and a parameter the doc does not declare is left out when
+    it may be.
+    """
+    docs = {doc["name"]: doc.get("parameters", {}) for doc in functions or []}
     calls = []
     for option in ground_truth:
         (name, params), = option.items()
-        calls.append({"name": name, "arguments": _first_acceptable(params)})
+        doc = docs.get(name)
+        arguments = {}
+        for key, values in params.items():
+            value = _pick(values, required=doc is not None and key in doc.get("required", []),
+                          declared=doc is None or key in doc.get("properties", {}))
+            if value is not _OMIT:
+                arguments[key] = value
+        calls.append({"name": name, "arguments": arguments})
     return calls
 
 
-def _first_acceptable(options):
-    # Possible answers nest: a dict maps each key to its list of acceptable values, recursively.
-    if isinstance(options, dict):
-        return {key: _first_acceptable(values[0]) if isinstance(values, list) else values
-                for key, values in options.items() if not (isinstance(values, list) and (not values or values[0] == ""))}
-    if isinstance(options, list):
-        return [_first_acceptable(item) if isinstance(item, dict) else item for item in options]
-    return options
+_OMIT = object()
+
+
+def _pick(values, *, required: bool, declared: bool):
+    if not isinstance(values, list) or not values:
+        return _OMIT
+    optional = "" in values
+    if optional and (not required or not declared):
+        return _OMIT
+    real = [value for value in values if value != ""]
+    return _nested(real[0]) if real else _OMIT
+
+
+def _nested(value):
+    # Possible answers nest: a dict value maps each key to its own list of acceptable values.
+    if isinstance(value, dict):
+        picked = {key: _pick(values, required=False, declared=True) if isinstance(values, list) else values
+                  for key, values in value.items()}
+        return {key: v for key, v in picked.items() if v is not _OMIT}
+    if isinstance(value, list):
+        return [_nested(item) if isinstance(item, dict) else item for item in value]
+    return value
 
 
 def answer_with(answer: Callable[[GenerationRequest], str]) -> GenerateFn:
@@ -50,8 +76,7 @@ def answer_with(answer: Callable[[GenerationRequest], str]) -> GenerateFn:
 def oracle_model(entries: list[dict], multi_turn_calls: list[dict] | None = None) -> GenerateFn:
     """Answers with the ground truth. ``entries``: from ``BfclChecker.load_entries``;
     ``multi_turn_calls``: from ``BfclChecker.ground_truth_calls`` (needed for multi-turn entries)."""
-    single = {entry["id"]: format_tool_calls(first_acceptable_calls(entry["ground_truth"]))
-              for entry in entries if "involved_classes" not in entry}
+    single = {entry["id"]: _oracle_text(entry) for entry in entries if "involved_classes" not in entry}
     turns = {item["id"]: item["turns"] for item in multi_turn_calls or []}
 
     def answer(request: GenerationRequest) -> str:
@@ -63,6 +88,13 @@ def oracle_model(entries: list[dict], multi_turn_calls: list[dict] | None = None
         return single[request.entry_id] or NO_CALL_REPLY  # irrelevance: no call is the right answer
 
     return answer_with(answer)
+
+
+def _oracle_text(entry: dict) -> str:
+    if "relevance" in entry["id"] and "irrelevance" not in entry["id"]:
+        # relevance entries have no possible answer: any decodable call is right
+        return format_tool_calls([{"name": entry["function"][0]["name"], "arguments": {}}])
+    return format_tool_calls(first_acceptable_calls(entry["ground_truth"], entry.get("function")))
 
 
 def silent_model() -> GenerateFn:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import string
 
+from .multiturn import multi_turn_task
 from .phrasings import CLAUSES, FRAMES, NO_TOOL_REQUESTS, REQUESTS
 from .prompts import SYSTEM_PROMPT
 from .task import CATEGORIES, SINGLE_TURN_CATEGORIES, Task
@@ -60,8 +61,6 @@ def _make_task(category: str, split: str, seed: int, index: int) -> Task:
     rng = random.Random(f"awpo-builtin:{seed}:{split}:{index}")
     task_id = f"builtin-{split}-{index:05d}-{category}"
     if category == "multi_turn":
-        from .multiturn import multi_turn_task  # keeps the env import out of single-turn use
-
         return multi_turn_task(rng, split, task_id)
     request, tools, ground_truth, templates = MAKERS[category](rng, split)
     messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": request}]

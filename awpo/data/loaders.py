@@ -27,7 +27,7 @@ from ..toolcall import normalize_tools
 from .task import CATEGORIES, Task
 
 JSON_FIELDS = ("messages", "question", "tools", "function", "ground_truth", "env_state", "user_turns")
-_BFCL_CATEGORY = re.compile(r"^(?:live_)?(parallel_multiple|parallel|multiple|simple|irrelevance)(?:_[a-z]+)?_\d+$")
+_BFCL_CATEGORY = re.compile(r"^(?:live_)?(parallel_multiple|parallel|multiple|simple|irrelevance)(?:_[a-z]+)?_\d+(?:-\d+)*$")
 
 
 def load_tasks(path: str, *, possible_answer_path: str | None = None, system_prompt: str | None = None) -> list[Task]:

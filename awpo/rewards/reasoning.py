@@ -313,7 +313,7 @@ def _tool_summary(tools: list[dict]) -> str:
 
 _NUM = r"(-?\d+(?:\.\d+)?)"
 _SCORE_LINE = re.compile(
-    rf"\b(?:score|rating|grade)\b\W{{0,3}}(?:is\s+)?{_NUM}\s*(?:(/|out of)\s*{_NUM}|(%))?", re.IGNORECASE
+    rf"\b(?:score|rating|grade)\b[\s:=*]{{0,6}}(?:is\s+)?{_NUM}\s*(?:(/|out of)\s*{_NUM}|(%))?", re.IGNORECASE
 )
 _FRACTION = re.compile(rf"{_NUM}\s*(?:/|out of)\s*{_NUM}", re.IGNORECASE)
 _BARE = re.compile(rf"^\s*{_NUM}\s*(%)?\s*\.?\s*$")

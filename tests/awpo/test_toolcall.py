@@ -15,6 +15,7 @@ from awpo.toolcall import (
     normalize_tools,
     parse_completion,
     render_prompt,
+    tool_result_message,
 )
 
 WEATHER = {
@@ -257,3 +258,23 @@ def test_hermes_system_prompt_lists_every_tool_once():
     text = hermes_system_prompt([WEATHER, {"name": "calc", "parameters": {"type": "dict", "properties": {}}}])
     lines = text.split("\n")
     assert json.loads(lines[2])["name"] == "get_weather" and json.loads(lines[3])["name"] == "calc"
+
+
+def test_hermes_fallback_renders_a_multi_turn_conversation():
+    tokenizer = chatml_tokenizer()
+    messages = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": "<think>weather</think>",
+         "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        tool_result_message("12 C, rain"),
+        {"role": "assistant", "content": "It is 12 C and raining."},
+        {"role": "user", "content": "And Rome?"},
+    ]
+    prompt = render_prompt(tokenizer, messages, [WEATHER])
+    assert ('<|im_start|>assistant\n<think>weather</think>\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n'
+            '</tool_call><|im_end|>') in prompt
+    assert "<|im_start|>tool\n<tool_response>\n12 C, rain\n</tool_response><|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>user\nAnd Rome?<|im_end|>\n<|im_start|>assistant\n")
+    # what the model wrote parses back from the rendered history
+    turn = prompt.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0]
+    assert parse_completion(turn).calls == [ToolCall("get_weather", {"city": "Oslo"})]

