@@ -105,7 +105,7 @@ def _group_advantages_kernel(
         if CLIP_SIGN:
             bound = tl.where(sd_o > 0, clip_ratio * tl.abs(adv_o), clip_max)
             r_clipped = tl.maximum(tl.minimum(r, bound), -bound)
-            clipped_count = tl.sum((in_group & (r_clipped < r)).to(tl.int32), axis=0)
+            clipped_count = tl.sum((in_group & (r_clipped != r)).to(tl.int32), axis=0)
             r = r_clipped
         adv = adv_o + r
     else:  # AWPO mixed at the reward level; a missing reasoning score falls back to the outcome

@@ -52,12 +52,20 @@ def _std(x: torch.Tensor, unbiased: bool) -> torch.Tensor:
     return x.std(dim=1, correction=1 if unbiased else 0, keepdim=True)
 
 
+def _from_first(x: torch.Tensor) -> torch.Tensor:
+    """x minus each group's first member. Statistics are computed on this shifted copy so that a group
+    of equal values has exactly zero spread: the floating-point mean of 0.1, 0.1, 0.1 is not exactly 0.1,
+    and the ~1e-17 spread it would leave turns "all outcomes equal" (hard gate 1, clip by clip_max) off."""
+    return x - x[:, :1]
+
+
 def _reasoning_stats(s: torch.Tensor, unbiased: bool, eps: float):
     """Mean/std of s over the valid (non-NaN) members of each group; A^s (0 for NaN members and for
     groups with fewer than 2 valid members)."""
     valid = ~torch.isnan(s)
     count = valid.sum(dim=1, keepdim=True)
     enough = count >= 2
+    s = s - torch.where(valid, s, -torch.inf).amax(dim=1, keepdim=True)  # shift by a valid member (see _from_first)
     s_valid = torch.where(valid, s, torch.zeros_like(s))
     mean = s_valid.sum(dim=1, keepdim=True) / count.clamp(min=1)
     dev = torch.where(valid, s - mean, torch.zeros_like(s))
@@ -70,10 +78,10 @@ def _reasoning_stats(s: torch.Tensor, unbiased: bool, eps: float):
 
 def _gate(kind, o, sd_o, sd_s, half_range, gate_threshold, eps):
     if kind == "soft":
-        v = (_std(o, unbiased=False) / half_range).clamp(0.0, 1.0)
+        v = (_std(_from_first(o), unbiased=False) / half_range).clamp(0.0, 1.0)
         return 1.0 - v
     if kind == "hard":
-        return (o.var(dim=1, correction=0, keepdim=True) <= gate_threshold).to(o.dtype)
+        return (_from_first(o).var(dim=1, correction=0, keepdim=True) <= gate_threshold).to(o.dtype)
     if kind == "ratio":
         return sd_s / (sd_o + sd_s + eps)
     raise ValueError(f"gate must be 'soft', 'hard' or 'ratio', got {kind!r}")
@@ -103,8 +111,8 @@ def group_advantages(
     o_min, o_max = float(outcome_range[0]), float(outcome_range[1])
     half_range = (o_max - o_min) / 2.0
 
-    mu_o = o.mean(dim=1, keepdim=True)
-    sd_o = _std(o, unbiased)
+    mu_o = o[:, :1] + _from_first(o).mean(dim=1, keepdim=True)
+    sd_o = _std(_from_first(o), unbiased)
     adv_o = (o - mu_o) / (sd_o + eps) if scale == "group" else o - mu_o
     sd_s, adv_s = _reasoning_stats(s, unbiased, eps)
 
@@ -129,8 +137,8 @@ def group_advantages(
         # Mixing at the reward level (ablation). A missing reasoning score falls back to the outcome.
         # `scale="none"` skips the std division here too, as it does for GRPO.
         m = (1.0 - g) * o + g * torch.where(torch.isnan(s), o, s)
-        centred = m - m.mean(dim=1, keepdim=True)
-        adv = w * (centred / (_std(m, unbiased) + eps) if scale == "group" else centred)
+        centred = _from_first(m) - _from_first(m).mean(dim=1, keepdim=True)
+        adv = w * (centred / (_std(_from_first(m), unbiased) + eps) if scale == "group" else centred)
     else:
         raise ValueError(f"estimator must be 'grpo', 'awpo' or 'awpo_mixed', got {estimator!r}")
 

@@ -135,3 +135,13 @@ def test_awpo_advantages_hand_computed():
         expected.append(ao + max(-bound, min(bound, r)))
     torch.testing.assert_close(out.advantages, torch.tensor(expected, dtype=f64))
     assert out.reasoning_std.item() == pytest.approx(sd)
+
+
+def test_equal_outcomes_that_do_not_average_exactly_still_count_as_equal():
+    # 0.3 * 7 / 7 != 0.3 in floating point; the group must still be "all outcomes equal" (SPEC property 3)
+    for dtype in (torch.float32, f64):
+        out = reference.group_advantages(torch.full((7,), 0.3, dtype=dtype), torch.linspace(0, 1, 7, dtype=dtype),
+                                         group_size=7, gate="hard")
+        assert out.gate.item() == 1.0 and out.outcome_std.item() == 0.0
+        assert (out.advantages != 0).sum() == 6  # the median score sits at the mean
+        assert out.advantages.abs().max() <= 1.0

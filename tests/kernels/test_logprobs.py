@@ -1,0 +1,195 @@
+"""`linear_logprobs` on every backend against `reference.linear_logprobs` in float64: values and the
+gradients of hidden and weight (through both outputs), odd shapes, dtypes, temperatures, edge logits,
+ignored rows, chunking."""
+import math
+
+import pytest
+import torch
+
+import awpo_kernels as ak
+
+f64 = torch.float64
+
+
+def run_logprobs(backend, hidden, weight, targets, upstream, *, reference=False, **options):
+    """linear_logprobs, then backward of sum(g1 * logp + g2 * entropy) -> CPU tensors."""
+    name, device = ("reference", "cpu") if reference else backend
+    dtype = f64 if reference else hidden.dtype
+    h = hidden.to(device=device, dtype=dtype).detach().clone().requires_grad_()
+    w = weight.to(device=device, dtype=dtype).detach().clone().requires_grad_()
+    out = ak.linear_logprobs(h, w, targets.to(device), backend=name, **options)
+    g_logp, g_entropy = (u.to(device=device, dtype=out.logprobs.dtype) for u in upstream)
+    total = (out.logprobs * g_logp).sum()
+    if out.entropy is not None:
+        total = total + (out.entropy * g_entropy).sum()
+    total.backward()
+    entropy = None if out.entropy is None else out.entropy.detach().cpu()
+    return out.logprobs.detach().cpu(), entropy, h.grad.cpu(), w.grad.cpu()
+
+
+def upstream_grads(shape, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=f64), torch.randn(shape, generator=g, dtype=f64)
+
+
+def check_against_reference(kt, backend, case, **options):
+    up = upstream_grads(case.targets.shape)
+    got = run_logprobs(backend, case.hidden, case.weight, case.targets, up, **options)
+    expected = run_logprobs(backend, case.hidden, case.weight, case.targets, up, reference=True, **options)
+    names = ("logprobs", "entropy", "grad_hidden", "grad_weight")
+    for name, a, b in zip(names, got, expected):
+        if b is None:
+            assert a is None, name
+            continue
+        kt.assert_matches(a, b, case.dtype, name)
+    assert expected[2].abs().sum() > 0 and expected[3].abs().sum() > 0
+    assert (got[0] <= 0).all()
+    return got, expected
+
+
+SHAPES = [  # (B, T, H, V): odd sizes, vocabularies not a multiple of any block
+    (3, 7, 19, 1001),
+    (2, 9, 33, 5003),
+    (1, 5, 7, 3),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("temperature,return_entropy", [(1.0, True), (0.7, True), (1.3, False)])
+def test_matches_reference(kt, backend, shape, dtype, temperature, return_entropy):
+    if backend[0] == "triton" and dtype == f64:
+        dtype = torch.float32  # fp64 runs the torch loop on every backend; test the kernel instead
+    case = kt.make_case(*shape, dtype=dtype, seed=sum(shape))
+    check_against_reference(kt, backend, case, temperature=temperature, return_entropy=return_entropy)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 7, 10, 1000])
+def test_chunk_size_smaller_than_and_not_dividing_n_gives_the_same_results(kt, backend, chunk_size):
+    case = kt.make_case(3, 7, 19, 1001, seed=3)  # N = 21
+    up = upstream_grads(case.targets.shape)
+    whole = run_logprobs(backend, case.hidden, case.weight, case.targets, up, return_entropy=True,
+                         temperature=0.8, chunk_size=21)
+    chunked = run_logprobs(backend, case.hidden, case.weight, case.targets, up, return_entropy=True,
+                           temperature=0.8, chunk_size=chunk_size)
+    for a, b in zip(chunked, whole):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7)
+
+
+def test_ignored_rows_give_zero_logprob_entropy_and_gradient(kt, backend):
+    case = kt.make_case(4, 6, 11, 1001, seed=4, empty_rows=(0, 2))
+    got, _ = check_against_reference(kt, backend, case, return_entropy=True)
+    logp, entropy, grad_hidden, _ = got
+    ignored = case.targets == -100
+    assert (logp[ignored] == 0).all() and (entropy[ignored] == 0).all()
+    assert (grad_hidden[ignored] == 0).all()
+    assert (grad_hidden[~ignored].abs().sum(-1) > 0).all()
+
+
+def test_every_target_ignored(kt, backend):
+    case = kt.make_case(2, 5, 11, 1001, seed=6, empty_rows=(0, 1))
+    up = upstream_grads(case.targets.shape)
+    logp, entropy, grad_hidden, grad_weight = run_logprobs(backend, case.hidden, case.weight, case.targets, up,
+                                                           return_entropy=True)
+    assert (logp == 0).all() and (entropy == 0).all()
+    assert (grad_hidden == 0).all() and (grad_weight == 0).all()
+
+
+@pytest.mark.parametrize("logit_scale", [60.0, 400.0])
+def test_large_logit_spreads_are_exact_and_logp_stays_nonpositive(kt, backend, logit_scale):
+    # logits spread over hundreds of nats: most targets have log-probs far below -100
+    case = kt.make_case(3, 7, 19, 1001, seed=7, logit_scale=logit_scale)
+    got, expected = check_against_reference(kt, backend, case, return_entropy=True)
+    assert expected[0].min() < -100
+    assert (got[0] <= 0).all()
+
+
+def test_very_negative_logits(kt, backend):
+    # every logit far below zero (a large negative offset in one hidden direction)
+    case = kt.make_case(2, 7, 9, 1001, seed=8)
+    case.weight[:, 0] = 1.0 + 0.01 * case.weight[:, 0]
+    case.hidden[..., 0] = -5000.0
+    got, expected = check_against_reference(kt, backend, case, return_entropy=True)
+    assert torch.isfinite(got[0]).all() and (got[0] <= 0).all()
+
+
+def test_all_equal_logits_give_minus_log_v_exactly(kt, backend):
+    case = kt.make_case(2, 6, 9, 1001, seed=9)
+    case.weight = case.weight[:1].expand(1001, -1).contiguous()  # every vocabulary row identical
+    got, expected = check_against_reference(kt, backend, case, return_entropy=True)
+    logp, entropy = got[0], got[1]
+    valid = case.mask
+    torch.testing.assert_close(logp[valid], torch.full_like(logp[valid], -math.log(1001)), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(entropy[valid], torch.full_like(entropy[valid], math.log(1001)), rtol=1e-6,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("used", ["logprobs", "entropy"])
+def test_gradient_through_one_output_only(kt, backend, used):
+    case = kt.make_case(3, 7, 19, 1001, seed=10)
+    g = torch.Generator().manual_seed(11)
+    up = torch.randn(case.targets.shape, generator=g, dtype=f64)
+    zero = torch.zeros_like(up)
+    upstream = (up, zero) if used == "logprobs" else (zero, up)
+    results = []
+    for reference in (False, True):
+        name, device = ("reference", "cpu") if reference else backend
+        dtype = f64 if reference else case.dtype
+        h = case.hidden.to(device=device, dtype=dtype).detach().clone().requires_grad_()
+        w = case.weight.to(device=device, dtype=dtype).detach().clone().requires_grad_()
+        out = ak.linear_logprobs(h, w, case.targets.to(device), return_entropy=True, backend=name)
+        value = getattr(out, used)
+        (value * upstream[0 if used == "logprobs" else 1].to(device, value.dtype)).sum().backward()
+        results.append((h.grad.cpu(), w.grad.cpu()))
+    for a, b in zip(*results):
+        kt.assert_matches(a, b, case.dtype, used)
+
+
+def test_no_grad_path_gives_the_same_values(kt, backend):
+    case = kt.make_case(3, 7, 19, 1001, seed=12)
+    name, device = backend
+    h, w, y = case.hidden.to(device), case.weight.to(device), case.targets.to(device)
+    with torch.no_grad():
+        plain = ak.linear_logprobs(h, w, y, return_entropy=True, backend=name, temperature=0.9)
+    tracked = ak.linear_logprobs(h.clone().detach().clone().requires_grad_(), w, y, return_entropy=True, backend=name,
+                                 temperature=0.9)
+    torch.testing.assert_close(plain.logprobs, tracked.logprobs.detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(plain.entropy, tracked.entropy.detach(), rtol=1e-6, atol=1e-7)
+    assert plain.logprobs.dtype == torch.float32 and plain.logprobs.shape == y.shape
+
+
+@pytest.mark.parametrize("trainable", ["hidden", "weight"])
+def test_only_one_input_requires_grad(kt, backend, trainable):
+    case = kt.make_case(3, 7, 19, 1001, seed=13)
+    name, device = backend
+    h = case.hidden.to(device).detach().clone().requires_grad_(trainable == "hidden")
+    w = case.weight.to(device).detach().clone().requires_grad_(trainable == "weight")
+    out = ak.linear_logprobs(h, w, case.targets.to(device), backend=name)
+    out.logprobs.sum().backward()
+    h64 = case.hidden.to(f64).detach().clone().requires_grad_(trainable == "hidden")
+    w64 = case.weight.to(f64).detach().clone().requires_grad_(trainable == "weight")
+    ak.linear_logprobs(h64, w64, case.targets, backend="reference").logprobs.sum().backward()
+    got, expected = (h.grad, h64.grad) if trainable == "hidden" else (w.grad, w64.grad)
+    kt.assert_matches(got, expected, case.dtype, trainable)
+    assert (h.grad if trainable == "weight" else w.grad) is None
+
+
+def test_bf16_weight_gradient_accumulates_in_fp32_across_many_chunks(kt, grid_backend):
+    # 240 one-row chunks: a bf16 running sum of the weight gradient would drift far past bf16 tolerance
+    case = kt.make_case(8, 32, 16, 257, dtype=torch.bfloat16, seed=14, empty_rows=(), prompt_tokens=0)
+    up = upstream_grads(case.targets.shape)
+    got = run_logprobs(grid_backend, case.hidden, case.weight, case.targets, up, chunk_size=1)
+    expected = run_logprobs(grid_backend, case.hidden, case.weight, case.targets, up, reference=True)
+    kt.assert_matches(got[3], expected[3], torch.bfloat16, "grad_weight")
+    assert got[3].dtype == torch.bfloat16 and got[2].dtype == torch.bfloat16
+
+
+def test_packed_one_dimensional_hidden(kt, backend):
+    case = kt.make_case(1, 23, 13, 1001, seed=15)
+    flat = kt.make_case(1, 23, 13, 1001, seed=15)
+    flat.hidden, flat.targets = case.hidden[0], case.targets[0]
+    up = upstream_grads(flat.targets.shape)
+    got = run_logprobs(backend, flat.hidden, flat.weight, flat.targets, up, return_entropy=True)
+    expected = run_logprobs(backend, flat.hidden, flat.weight, flat.targets, up, reference=True, return_entropy=True)
+    for a, b in zip(got, expected):
+        kt.assert_matches(a, b, case.dtype)
