@@ -53,8 +53,8 @@ def pytest_generate_tests(metafunc):
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 3e-5, torch.bfloat16: 2e-2}
 
 
-def assert_matches(got, expected, dtype, what=""):
-    """|got - expected| <= tol * (|expected| + max|expected|) elementwise, tol from the input dtype."""
+def assert_matches(got, expected, dtype, what="", atol=0.0):
+    """|got - expected| <= tol * (|expected| + max|expected|) + atol elementwise, tol from the input dtype."""
     assert got is not None and expected is not None, what
     got, expected = got.detach().cpu().to(f64), expected.detach().cpu().to(f64)
     assert got.shape == expected.shape, f"{what}: shape {tuple(got.shape)} != {tuple(expected.shape)}"
@@ -62,7 +62,7 @@ def assert_matches(got, expected, dtype, what=""):
     tol = TOLERANCE[dtype]
     scale = expected.abs().max().item() if expected.numel() else 0.0
     err = (got - expected).abs()
-    bound = tol * (expected.abs() + scale + 1e-30)
+    bound = tol * (expected.abs() + scale) + atol + 1e-30
     worst = (err / bound).max().item() if err.numel() else 0.0
     assert worst <= 1.0, f"{what}: max error {err.max().item():.3e} exceeds tol {tol} (scale {scale:.3e})"
 

@@ -31,13 +31,13 @@ FIELDS = ("advantages", "epsilon_low", "epsilon_high", "gate", "weight", "outcom
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request):
+def adv_backend(request):
     return request.param
 
 
-def run(backend, outcome, reasoning=None, **options):
-    """group_advantages on `backend`, outputs brought back to the CPU."""
-    name, device = backend
+def run(adv_backend, outcome, reasoning=None, **options):
+    """group_advantages on `adv_backend`, outputs brought back to the CPU."""
+    name, device = adv_backend
     out = ak.group_advantages(outcome.to(device), None if reasoning is None else reasoning.to(device),
                               backend=name, **options)
     for field in FIELDS:
@@ -51,7 +51,7 @@ def random_batch(num_groups, group_size, seed, *, graded=False, outcome_range=(0
     """Odd-sized random rewards with the edge cases the op must handle, in float64.
 
     Groups 0-2 have equal outcomes (all max, all min, all at 3/4 of the range: values that every
-    backend, the reference included, averages exactly). Group 3 has no reasoning score, group 4
+    adv_backend, the reference included, averages exactly). Group 3 has no reasoning score, group 4
     exactly one, group 5 all-equal scores; elsewhere about `nan_rate` of the scores are missing.
     """
     gen = torch.Generator().manual_seed(seed)
@@ -103,7 +103,7 @@ def case_id(case):
 
 @pytest.mark.parametrize("group_size", GROUP_SIZES)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_matches_reference(backend, case, group_size):
+def test_matches_reference(adv_backend, case, group_size):
     index = CASES.index(case)
     graded = index % 2 == 1
     outcome_range = (-1.0, 3.0) if index % 3 == 2 else (0.0, 1.0)
@@ -112,8 +112,8 @@ def test_matches_reference(backend, case, group_size):
     options = dict(group_size=group_size, outcome_range=outcome_range, clip_shrink=0.7, epsilon_low=0.2,
                    epsilon_high=0.28, **case)
     ref = reference.group_advantages(outcome, reasoning, **options)
-    assert_matches_reference(run(backend, outcome, reasoning, **options), ref, atol=1e-9, rtol=1e-9)
-    out32 = run(backend, outcome.float(), reasoning.float(), **options)
+    assert_matches_reference(run(adv_backend, outcome, reasoning, **options), ref, atol=1e-9, rtol=1e-9)
+    out32 = run(adv_backend, outcome.float(), reasoning.float(), **options)
     assert out32.advantages.dtype == torch.float32
     ref32 = reference.group_advantages(outcome.float().to(f64), reasoning.float().to(f64), **options)
     assert_matches_reference(out32, ref32, atol=1e-5, rtol=1e-5)
@@ -121,16 +121,16 @@ def test_matches_reference(backend, case, group_size):
 
 @pytest.mark.parametrize("estimator", ("grpo", "awpo", "awpo_mixed"))
 @pytest.mark.parametrize("gate", ("soft", "ratio"))
-def test_without_reasoning_matches_reference(backend, estimator, gate):
+def test_without_reasoning_matches_reference(adv_backend, estimator, gate):
     outcome, _ = random_batch(9, 5, seed=7, graded=True)
     options = dict(group_size=5, estimator=estimator, gate=gate, clip_shrink=0.5)
     ref = reference.group_advantages(outcome, None, **options)
-    assert_matches_reference(run(backend, outcome, None, **options), ref, atol=1e-9, rtol=1e-9)
+    assert_matches_reference(run(adv_backend, outcome, None, **options), ref, atol=1e-9, rtol=1e-9)
 
 
-def test_half_precision_inputs_give_float32(backend):
+def test_half_precision_inputs_give_float32(adv_backend):
     outcome, reasoning = random_batch(5, 3, seed=11)
-    out = run(backend, outcome.bfloat16(), reasoning.half(), group_size=3)
+    out = run(adv_backend, outcome.bfloat16(), reasoning.half(), group_size=3)
     ref = reference.group_advantages(outcome.bfloat16().to(f64), reasoning.half().to(f64), group_size=3)
     assert all(getattr(out, f).dtype == torch.float32 for f in FIELDS)
     assert_matches_reference(out, ref, atol=1e-5, rtol=1e-5)
@@ -147,13 +147,13 @@ def property_batch(seed, num_groups=PROPERTY_GROUPS, group_size=6, graded=False)
 
 
 @pytest.mark.parametrize("gate,weight", [("soft", "linear"), ("hard", "bernoulli"), ("ratio", "none")])
-def test_property1_no_reasoning_signal_gives_exactly_grpo(backend, gate, weight):
+def test_property1_no_reasoning_signal_gives_exactly_grpo(adv_backend, gate, weight):
     outcome, reasoning = property_batch(seed=1, graded=True)
     options = dict(group_size=6, gate=gate, weight=weight, clip_shrink=0.3)
-    grpo = run(backend, outcome, reasoning, estimator="grpo", **options).advantages
-    all_nan = run(backend, outcome, torch.full_like(reasoning, NAN), **options)
-    no_coef = run(backend, outcome, reasoning, reasoning_coef=0.0, **options)
-    with_reasoning = run(backend, outcome, reasoning, **options).advantages
+    grpo = run(adv_backend, outcome, reasoning, estimator="grpo", **options).advantages
+    all_nan = run(adv_backend, outcome, torch.full_like(reasoning, NAN), **options)
+    no_coef = run(adv_backend, outcome, reasoning, reasoning_coef=0.0, **options)
+    with_reasoning = run(adv_backend, outcome, reasoning, **options).advantages
     assert torch.equal(all_nan.advantages, grpo)
     assert torch.equal(no_coef.advantages, grpo)
     assert all_nan.clipped_fraction == 0 and no_coef.clipped_fraction == 0
@@ -162,13 +162,13 @@ def test_property1_no_reasoning_signal_gives_exactly_grpo(backend, gate, weight)
 
 @pytest.mark.parametrize("clip_ratio", (0.1, 0.5, 0.99))
 @pytest.mark.parametrize("gate", ("soft", "ratio"))
-def test_property2_sign_clip_never_overturns_the_outcome(backend, clip_ratio, gate):
+def test_property2_sign_clip_never_overturns_the_outcome(adv_backend, clip_ratio, gate):
     for seed, graded in ((2, False), (3, True)):
         outcome, reasoning = property_batch(seed, graded=graded)
         options = dict(group_size=6, gate=gate, weight="none", reasoning_coef=4.0, clip_ratio=clip_ratio)
-        adv_o = run(backend, outcome, reasoning, estimator="grpo", **options).advantages
-        awpo = run(backend, outcome, reasoning, clip="sign", **options)
-        unclipped = run(backend, outcome, reasoning, clip="none", **options).advantages
+        adv_o = run(adv_backend, outcome, reasoning, estimator="grpo", **options).advantages
+        awpo = run(adv_backend, outcome, reasoning, clip="sign", **options)
+        unclipped = run(adv_backend, outcome, reasoning, clip="none", **options).advantages
         decided = adv_o != 0
         assert decided.sum() > 0.8 * decided.numel()
         assert torch.equal(torch.sign(awpo.advantages[decided]), torch.sign(adv_o[decided]))
@@ -179,7 +179,7 @@ def test_property2_sign_clip_never_overturns_the_outcome(backend, clip_ratio, ga
 
 @pytest.mark.parametrize("gate,weight", [("soft", "linear"), ("hard", "linear"), ("ratio", "bernoulli"),
                                          ("soft", "none")])
-def test_property3_equal_outcomes_still_learn_from_reasoning(backend, gate, weight):
+def test_property3_equal_outcomes_still_learn_from_reasoning(adv_backend, gate, weight):
     # Equal outcomes in every group, graded values included (0.1 and 0.3 are not averaged exactly by a
     # plain floating-point mean); the reasoning scores differ.
     gen = torch.Generator().manual_seed(4)
@@ -191,7 +191,7 @@ def test_property3_equal_outcomes_still_learn_from_reasoning(backend, gate, weig
     reasoning[:, :2] = torch.tensor([0.1, 0.9], dtype=f64)  # at least two valid, different scores
     clip_max = 0.7
     for dtype in (f64, torch.float32):
-        out = run(backend, outcome.reshape(-1).to(dtype), reasoning.reshape(-1).to(dtype), group_size=group_size,
+        out = run(adv_backend, outcome.reshape(-1).to(dtype), reasoning.reshape(-1).to(dtype), group_size=group_size,
                   gate=gate, weight=weight, reasoning_coef=3.0, clip_max=clip_max)
         adv = out.advantages.to(f64).reshape(num_groups, group_size)
         assert (out.outcome_std == 0).all()
@@ -210,7 +210,7 @@ def test_property3_equal_outcomes_still_learn_from_reasoning(backend, gate, weig
 
 @pytest.mark.parametrize("gate", ("soft", "hard"))
 @pytest.mark.parametrize("clip", ("sign", "none"))
-def test_property4_reasoning_shift_and_scale_leave_advantages_unchanged(backend, gate, clip):
+def test_property4_reasoning_shift_and_scale_leave_advantages_unchanged(adv_backend, gate, clip):
     outcome, reasoning = property_batch(seed=5, graded=gate == "soft")
     gen = torch.Generator().manual_seed(6)
     num_groups = outcome.numel() // 6
@@ -218,10 +218,10 @@ def test_property4_reasoning_shift_and_scale_leave_advantages_unchanged(backend,
     shift = (4.0 * torch.rand(num_groups, 1, generator=gen, dtype=f64) - 2.0).expand(-1, 6).reshape(-1)
     options = dict(group_size=6, gate=gate, clip=clip, weight="bernoulli", reasoning_coef=1.5)
     for eps, atol in ((1e-12, 1e-8), (1e-6, 1e-3)):
-        base = run(backend, outcome, reasoning, eps=eps, **options).advantages
-        moved = run(backend, outcome, reasoning * scale + shift, eps=eps, **options).advantages
+        base = run(adv_backend, outcome, reasoning, eps=eps, **options).advantages
+        moved = run(adv_backend, outcome, reasoning * scale + shift, eps=eps, **options).advantages
         torch.testing.assert_close(moved, base, atol=atol, rtol=0)
-    assert not torch.equal(base, run(backend, outcome, None, **options).advantages)  # reasoning matters here
+    assert not torch.equal(base, run(adv_backend, outcome, None, **options).advantages)  # reasoning matters here
 
 
 # ----------------------------------------------------------------------------- hand-computed examples
@@ -230,31 +230,31 @@ OUTCOME_1000 = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=f64)
 REASONING_HALVES = torch.tensor([1.0, 0.5, 0.0, NAN], dtype=f64)
 
 
-def test_grpo_hand_computed(backend):
+def test_grpo_hand_computed(adv_backend):
     # mean = 1/4; deviations .75, -.25, -.25, -.25; sum of squares .5625 + 3 * .0625 = .75;
     # unbiased std = sqrt(.75 / 3) = .5, so A^o = [1.5, -.5, -.5, -.5]
-    out = run(backend, OUTCOME_1000, group_size=4, estimator="grpo")
+    out = run(adv_backend, OUTCOME_1000, group_size=4, estimator="grpo")
     torch.testing.assert_close(out.advantages, torch.tensor([1.5, -0.5, -0.5, -0.5], dtype=f64), atol=1e-5, rtol=0)
     assert out.outcome_std.item() == pytest.approx(0.5, abs=1e-12)
     # population std = sqrt(.75 / 4) = sqrt(3) / 4, so A^o = [sqrt(3), -1/sqrt(3), ...]
-    pop = run(backend, OUTCOME_1000, group_size=4, estimator="grpo", unbiased=False).advantages
+    pop = run(adv_backend, OUTCOME_1000, group_size=4, estimator="grpo", unbiased=False).advantages
     r3 = math.sqrt(3.0)
     torch.testing.assert_close(pop, torch.tensor([r3, -1 / r3, -1 / r3, -1 / r3], dtype=f64), atol=1e-5, rtol=0)
     # Dr. GRPO (scale="none"): o - mean
-    dr = run(backend, OUTCOME_1000, group_size=4, estimator="grpo", scale="none").advantages
+    dr = run(adv_backend, OUTCOME_1000, group_size=4, estimator="grpo", scale="none").advantages
     assert dr.tolist() == [0.75, -0.25, -0.25, -0.25]
     # two groups: [1, 1, 0] (mean 2/3, std sqrt(1/3)) and an all-equal one (A = 0)
-    two = run(backend, torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0], dtype=f64), group_size=3, estimator="grpo")
+    two = run(adv_backend, torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0], dtype=f64), group_size=3, estimator="grpo")
     a = (1 / 3) / math.sqrt(1 / 3)
     torch.testing.assert_close(two.advantages, torch.tensor([a, a, -2 * a, 0, 0, 0], dtype=f64), atol=1e-5, rtol=0)
 
 
-def test_awpo_soft_gate_linear_weight_hand_computed(backend):
+def test_awpo_soft_gate_linear_weight_hand_computed(adv_backend):
     # A^o = [1.5, -.5, -.5, -.5] as above. Valid reasoning 1, .5, 0: mean .5, std sqrt(.5 / 2) = .5,
     # A^s = [1, 0, -1, 0] (NaN member: 0). popstd(o) = sqrt(3)/4, half range .5, v = sqrt(3)/2,
     # soft gate g = 1 - sqrt(3)/2 = .1340; pass rate .25, linear weight w = .75.
     # R = g * w * A^s = [.1005, 0, -.1005, 0]; sign-clip bounds .5 * |A^o| = [.75, .25, .25, .25]: no clip.
-    out = run(backend, OUTCOME_1000, REASONING_HALVES, group_size=4, clip_shrink=2.0)
+    out = run(adv_backend, OUTCOME_1000, REASONING_HALVES, group_size=4, clip_shrink=2.0)
     g, w = 1 - math.sqrt(3) / 2, 0.75
     expected = torch.tensor([1.5 + g * w, -0.5, -0.5 - g * w, -0.5], dtype=f64)
     torch.testing.assert_close(out.advantages, expected, atol=1e-5, rtol=0)
@@ -266,11 +266,11 @@ def test_awpo_soft_gate_linear_weight_hand_computed(backend):
     torch.testing.assert_close(out.epsilon_low, torch.full((4,), 0.2 / (1 + 2 * g * w), dtype=f64), atol=1e-6, rtol=0)
 
 
-def test_awpo_ratio_gate_sign_clip_hand_computed(backend):
+def test_awpo_ratio_gate_sign_clip_hand_computed(adv_backend):
     # ratio gate g = sd_s / (sd_o + sd_s) = .5 / (.5 + .5) = .5; weight "none": w = 1; R = .5 * A^s =
     # [.5, 0, -.5, 0]; bounds [.75, .25, .25, .25] clip member 2 to -.25: A = [2, -.5, -.75, -.5],
     # one of four terms clipped.
-    out = run(backend, OUTCOME_1000, REASONING_HALVES, group_size=4, gate="ratio", weight="none",
+    out = run(adv_backend, OUTCOME_1000, REASONING_HALVES, group_size=4, gate="ratio", weight="none",
               clip_shrink=1.0, epsilon_high=0.3)
     torch.testing.assert_close(out.advantages, torch.tensor([2.0, -0.5, -0.75, -0.5], dtype=f64), atol=1e-5, rtol=0)
     assert out.gate.item() == pytest.approx(0.5, abs=1e-6) and out.weight.item() == 1.0
@@ -279,29 +279,29 @@ def test_awpo_ratio_gate_sign_clip_hand_computed(backend):
     torch.testing.assert_close(out.epsilon_low, torch.full((4,), 0.2 / 1.5, dtype=f64), atol=1e-6, rtol=0)
     torch.testing.assert_close(out.epsilon_high, torch.full((4,), 0.2, dtype=f64), atol=1e-6, rtol=0)
     # without the clip the reasoning term goes through: A = [2, -.5, -1, -.5]
-    free = run(backend, OUTCOME_1000, REASONING_HALVES, group_size=4, gate="ratio", weight="none", clip="none")
+    free = run(adv_backend, OUTCOME_1000, REASONING_HALVES, group_size=4, gate="ratio", weight="none", clip="none")
     torch.testing.assert_close(free.advantages, torch.tensor([2.0, -0.5, -1.0, -0.5], dtype=f64), atol=1e-5, rtol=0)
 
 
-def test_awpo_equal_outcomes_hand_computed(backend):
+def test_awpo_equal_outcomes_hand_computed(adv_backend):
     # Outcomes all .6 (graded): A^o = 0, sd_o = 0, soft gate 1, w = 1 - .6 = .4. Reasoning .2, .5, .8:
     # mean .5, std sqrt(.18 / 2) = .3, A^s = [-1, 0, 1]; R = .4 * A^s, bounded by clip_max (.3 here).
     outcome = torch.tensor([0.6, 0.6, 0.6], dtype=f64)
     reasoning = torch.tensor([0.2, 0.5, 0.8], dtype=f64)
-    out = run(backend, outcome, reasoning, group_size=3)
+    out = run(adv_backend, outcome, reasoning, group_size=3)
     torch.testing.assert_close(out.advantages, torch.tensor([-0.4, 0.0, 0.4], dtype=f64), atol=1e-5, rtol=0)
     assert out.gate.item() == 1.0 and out.outcome_std.item() == 0.0
-    capped = run(backend, outcome, reasoning, group_size=3, clip_max=0.3)
+    capped = run(adv_backend, outcome, reasoning, group_size=3, clip_max=0.3)
     torch.testing.assert_close(capped.advantages, torch.tensor([-0.3, 0.0, 0.3], dtype=f64), atol=1e-6, rtol=0)
     assert capped.clipped_fraction.item() == pytest.approx(2 / 3)
-    hard = run(backend, outcome, reasoning, group_size=3, gate="hard")
+    hard = run(adv_backend, outcome, reasoning, group_size=3, gate="hard")
     assert hard.gate.item() == 1.0  # popvar(o) = 0 <= threshold 0
 
 
-def test_awpo_mixed_hand_computed(backend):
+def test_awpo_mixed_hand_computed(adv_backend):
     # ratio gate .5, weight none. m = .5 * o + .5 * s (NaN -> o) = [1, .25, 0, 0]; mean .3125;
     # deviations [.6875, -.0625, -.3125, -.3125]; sum of squares .671875; unbiased std sqrt(.671875 / 3).
-    out = run(backend, OUTCOME_1000, REASONING_HALVES, group_size=4, estimator="awpo_mixed", gate="ratio",
+    out = run(adv_backend, OUTCOME_1000, REASONING_HALVES, group_size=4, estimator="awpo_mixed", gate="ratio",
               weight="none")
     sd = math.sqrt(0.671875 / 3)
     expected = torch.tensor([0.6875, -0.0625, -0.3125, -0.3125], dtype=f64) / sd
@@ -309,17 +309,17 @@ def test_awpo_mixed_hand_computed(backend):
     assert out.clipped_fraction.item() == 0.0
 
 
-def test_fewer_than_two_valid_scores_give_no_reasoning_term(backend):
+def test_fewer_than_two_valid_scores_give_no_reasoning_term(adv_backend):
     outcome = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], dtype=f64)
     reasoning = torch.tensor([0.9, NAN, NAN, NAN, NAN, NAN], dtype=f64)
-    out = run(backend, outcome, reasoning, group_size=3, gate="ratio", weight="none")
-    grpo = run(backend, outcome, group_size=3, estimator="grpo")
+    out = run(adv_backend, outcome, reasoning, group_size=3, gate="ratio", weight="none")
+    grpo = run(adv_backend, outcome, group_size=3, estimator="grpo")
     assert torch.equal(out.advantages, grpo.advantages)
     assert out.reasoning_std.tolist() == [0.0, 0.0] and out.gate.tolist() == [0.0, 0.0]
 
 
-def test_empty_batch(backend):
-    out = run(backend, torch.zeros(0, dtype=f64), torch.zeros(0, dtype=f64), group_size=4)
+def test_empty_batch(adv_backend):
+    out = run(adv_backend, torch.zeros(0, dtype=f64), torch.zeros(0, dtype=f64), group_size=4)
     assert out.advantages.shape == (0,) and out.gate.shape == (0,)
 
 
