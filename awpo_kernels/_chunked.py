@@ -72,7 +72,7 @@ def run_chunks(hidden: torch.Tensor, weight: torch.Tensor, plan: ChunkPlan, *, b
         results.entropy = plan.entropy if plan.entropy is not None else torch.zeros_like(results.logprobs)
     if plan.save_lse:
         results.lse = torch.empty_like(results.logprobs)
-    gemms = LmHeadGemms(weight, compute_dtype)
+    gemms = LmHeadGemms(weight, hidden.dtype, compute_dtype)
     epilogue = _make_epilogue(backend, plan, gemms, results, write_grad)
 
     itemsize = torch.finfo(compute_dtype).bits // 8

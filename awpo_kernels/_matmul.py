@@ -48,11 +48,12 @@ def _mixed_gemms_available(device: str, dtype: torch.dtype) -> tuple[bool, bool]
 class LmHeadGemms:
     """GEMMs for one call: holds the weight in the dtype the GEMMs read and knows dz's dtype."""
 
-    def __init__(self, weight: torch.Tensor, compute_dtype: torch.dtype):
+    def __init__(self, weight: torch.Tensor, hidden_dtype: torch.dtype, compute_dtype: torch.dtype):
         self.compute_dtype = compute_dtype
         self.mixed = False
         self.mixed_accumulate = False
-        if weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16) and compute_dtype == torch.float32:
+        low_precision = weight.dtype in (torch.bfloat16, torch.float16) and hidden_dtype == weight.dtype
+        if weight.is_cuda and low_precision and compute_dtype == torch.float32:
             self.mixed, self.mixed_accumulate = _mixed_gemms_available(str(weight.device), weight.dtype)
             if not self.mixed:
                 logger.warning("torch.mm(out_dtype=float32) is unavailable: the LM-head GEMMs run in fp32 "

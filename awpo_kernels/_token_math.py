@@ -84,6 +84,7 @@ def build_loss_spec(seq_ids, mask, num_seqs, advantages, *, dtype, old_logprobs=
                     max_completion_length=None, num_items_in_batch=None) -> LossSpec:
     """Flat inputs (as the reference takes them) -> LossSpec; per-sequence epsilons become [S] tensors."""
     device = seq_ids.device
+    seq_ids = seq_ids.contiguous()  # the Triton kernels index these flat
 
     def cast(t):
         return None if t is None else t.detach().to(dtype=dtype).reshape(-1).contiguous()

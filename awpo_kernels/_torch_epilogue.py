@@ -51,7 +51,7 @@ class TorchEpilogue:
             z.mul_(plan.inv_temperature)
         targets = plan.targets[rows]
         valid = targets != IGNORE_INDEX
-        safe_targets = torch.where(valid, targets, torch.zeros_like(targets)).unsqueeze(1)
+        safe_targets = torch.where(valid, targets, torch.zeros_like(targets)).long().unsqueeze(1)
 
         log_probs = self._log_probs(z, rows)
         logp = torch.where(valid, log_probs.gather(1, safe_targets).squeeze(1), torch.zeros((), dtype=z.dtype))

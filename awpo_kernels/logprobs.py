@@ -44,7 +44,7 @@ class _Config:
 
 
 def _flat(hidden, targets):
-    return hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    return hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1).contiguous()
 
 
 class _LinearLogprobsFunction(torch.autograd.Function):

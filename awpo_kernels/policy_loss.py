@@ -38,8 +38,12 @@ def _flat_options(layout, options):
     low, high = flat["epsilon_low"], flat["epsilon_high"]
     if isinstance(low, torch.Tensor) != isinstance(high, torch.Tensor):
         like = low if isinstance(low, torch.Tensor) else high
-        as_tensor = lambda v: v if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=like.dtype,
-                                                                                 device=like.device)
+
+        def as_tensor(value):
+            if isinstance(value, torch.Tensor):
+                return value
+            return torch.tensor(float(value), dtype=like.dtype, device=like.device)
+
         flat["epsilon_low"], flat["epsilon_high"] = as_tensor(low), as_tensor(high)
     return flat
 
@@ -85,7 +89,7 @@ def _fused_fast(layout, weight, advantages, backend, temperature, entropy_coef, 
     backend, dtype = fast_path(backend, hidden, weight)
     mask = layout.targets != IGNORE_INDEX
     want_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    plan = ChunkPlan(layout.targets, 1.0 / temperature, need_entropy=entropy_coef != 0.0)
+    plan = ChunkPlan(layout.targets.contiguous(), 1.0 / temperature, need_entropy=entropy_coef != 0.0)
 
     def run(plan, **grads):
         return run_chunks(hidden.detach(), weight.detach(), plan, backend=backend, compute_dtype=dtype,

@@ -122,7 +122,7 @@ def _write_dlogits(z_rows, dz_rows, in_range, valid, safe_targets, lse, entropy,
         cols = start + tl.arange(0, BLOCK_V)
         mask = in_range[:, None] & (cols < vocab)[None, :]
         z = tl.load(z_rows[:, None] + cols[None, :], mask=mask, other=0.0) * inv_temperature
-        log_p = z - lse[:, None]
+        log_p = tl.where(mask, z - lse[:, None], 0.0)  # finite off the row end (never stored)
         p = tl.exp(log_p)
         dz = -c[:, None] * p
         if ENTROPY_GRAD:

@@ -22,6 +22,8 @@ OPS = ("fused_linear_policy_loss", "linear_logprobs", "group_advantages")
 BASELINE = {"fused_linear_policy_loss": "materialised", "linear_logprobs": "materialised",
             "group_advantages": "awpo-reference"}
 FLOOR = "lm-head-gemms"
+# Implementations whose first call compiles: memory is measured on a later call.
+COMPILED = {"materialised-compiled", "liger"}
 
 
 @dataclass
@@ -98,6 +100,10 @@ class Case:
     summarise: Callable[[object, object], dict] | None  # (kept, inputs) -> scalars to compare impls
     flops: float                 # useful FLOPs of one call (6NHV / 2NHV), 0 when not an LM-head op
     kept: object = field(default=None, repr=False)
+
+    @property
+    def compiles(self) -> bool:
+        return self.impl in COMPILED
 
     @property
     def device(self) -> torch.device:

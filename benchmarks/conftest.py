@@ -4,7 +4,7 @@ Run `pytest benchmarks/ --benchmark-only` (add `--benchmark-group-by=group` to c
 per shape). Environment variables choose what runs:
   AWPO_BENCH_DEVICE           cpu | cuda (default: cuda when available)
   AWPO_BENCH_SHAPES           default | smoke | all | comma-separated names (benchmarks/shapes.py)
-  AWPO_BENCH_ROUNDS           timed rounds per case (default 3)
+  AWPO_BENCH_ROUNDS           timed rounds per LM-head case (default 3; the advantage op gets >= 100)
   AWPO_BENCH_COMPILE_BACKEND  torch.compile backend of the compiled baselines (default inductor)
   AWPO_BENCH_MEMORY=1         also record each case's peak extra memory in the benchmark's extra_info
 """
@@ -68,7 +68,9 @@ def run_benchmark(benchmark):
     def run(case):
         benchmark.group = f"{case.op} {case.shape.name}"
         benchmark.extra_info.update(shape=case.shape.describe(), useful_flops=case.flops, device=DEVICE)
-        benchmark.pedantic(case.run, setup=case.reset, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+        # The advantage op takes microseconds: many more rounds cost nothing and steady the median.
+        rounds = ROUNDS if case.flops else max(ROUNDS, 100)
+        benchmark.pedantic(case.run, setup=case.reset, rounds=rounds, warmup_rounds=1, iterations=1)
         if case.kept is None:  # pedantic keeps the last round's outputs; this is only a safety net
             case.run()
         summary = case.summary()

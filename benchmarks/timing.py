@@ -29,8 +29,9 @@ class Failure:
 
 
 def describe_error(exc: BaseException) -> str:
+    """One line for a markdown table cell: the type and the first line of the message."""
     first_line = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first_line}"
+    return f"{type(exc).__name__}: {first_line}".replace("|", "/")
 
 
 def _per_call_seconds(case, calls: int) -> float:

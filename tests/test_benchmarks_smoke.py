@@ -126,9 +126,40 @@ def test_cases_reject_bad_names_with_a_clear_error():
 
 
 def test_default_cpu_shapes_keep_the_real_vocabularies():
-    vocabs = {s.vocab for s in select_shapes("lm_head", "cpu")}
+    vocabs = {s.vocab for s in select_shapes("lm_head", "cpu", "all")}
     assert vocabs == {151936, 128256}
-    main = select_shapes("lm_head", "cpu")[0]
+    [main] = select_shapes("lm_head", "cpu")
     assert (main.tokens, main.hidden, main.vocab, main.dtype) == (2048, 256, 151936, torch.float32)
     # The materialised baseline holds about three fp32 logits tensors: keep one under 2 GiB on a 24 GiB machine.
-    assert all(math.prod((s.tokens, s.vocab)) * 4 < 2 ** 31 for s in select_shapes("lm_head", "cpu"))
+    assert all(math.prod((s.tokens, s.vocab)) * 4 < 2 ** 31 for s in select_shapes("lm_head", "cpu", "all"))
+    assert {s.hidden for s in select_shapes("lm_head", "cuda")} == {2560, 4096}
+
+
+def test_gpu_table_and_targets_render_from_measured_numbers():
+    """The CUDA-only columns and verdicts, from synthetic numbers (the GPU suite runs rarely)."""
+    from benchmarks.shapes import GPU_LM_HEAD
+    from benchmarks.timing import Failure, Timing
+
+    shape = GPU_LM_HEAD[0]
+    flops = 6 * shape.tokens * shape.hidden * shape.vocab
+
+    def timing(seconds):
+        return Timing(seconds, seconds, seconds, 10, 1, None)
+
+    gib = 2 ** 30
+    result = report.ShapeResult(
+        "fused_linear_policy_loss", shape,
+        timings={"awpo": timing(flops / 600e12), "materialised": timing(flops / 200e12),
+                 "liger": Failure("ImportError: no liger"), "lm-head-gemms": timing(flops / 700e12)},
+        memories={"awpo": memory.MemoryResult(2 * gib, 0, memory.CUDA_METHOD),
+                  "materialised": memory.MemoryResult(30 * gib, 0, memory.CUDA_METHOD)})
+    table = "\n".join(report.render_table(result, torch.device("cuda"), matmul_tflops=800.0))
+    assert re.search(r"^\| awpo \| .* \| 600 \| 75% \|$", table, re.MULTILINE), table
+    assert re.search(r"^\| lm-head-gemms \| .* \| 700 \| 88% \|$", table, re.MULTILINE), table
+    assert "| liger | failed: ImportError: no liger |" in table
+    targets = "\n".join(report.render_targets([result], torch.device("cuda")))
+    assert "time / LM-head GEMMs = 1.167 (target <= 1.2): met" in targets
+    assert "materialised time / fused time = 3.000 (target >= 2.0): met" in targets
+    assert "Liger time / fused time: not measured" in targets
+    gradients = (shape.tokens + shape.vocab) * shape.hidden * 2 / gib
+    assert f"workspace (peak extra - gradients) = {2 - gradients:.2f} GiB" in targets

@@ -10,14 +10,22 @@
 ``python -m awpo.eval`` is the command line.
 """
 
-from .checker import BfclChecker, BfclWorkerError
-from .data import ALL_CATEGORIES, DEFAULT_CATEGORIES, MULTI_TURN_CATEGORIES, SINGLE_TURN_CATEGORIES, resolve_categories
-from .evaluate import evaluate_generate_fn
-from .generate import GenerateFn, GenerationRequest, engine_generate_fn, generate_all
-from .venv import ensure_venv
+import importlib
 
-__all__ = [
-    "ALL_CATEGORIES", "DEFAULT_CATEGORIES", "MULTI_TURN_CATEGORIES", "SINGLE_TURN_CATEGORIES",
-    "BfclChecker", "BfclWorkerError", "GenerateFn", "GenerationRequest", "engine_generate_fn",
-    "ensure_venv", "evaluate_generate_fn", "generate_all", "resolve_categories",
-]
+# Imported lazily so that `python -m awpo.bfcl.venv` does not load its own module twice.
+_EXPORTS = {
+    "BfclChecker": "checker", "BfclWorkerError": "checker",
+    "ALL_CATEGORIES": "data", "DEFAULT_CATEGORIES": "data", "MULTI_TURN_CATEGORIES": "data",
+    "SINGLE_TURN_CATEGORIES": "data", "resolve_categories": "data",
+    "evaluate_generate_fn": "evaluate",
+    "GenerateFn": "generate", "GenerationRequest": "generate", "engine_generate_fn": "generate",
+    "generate_all": "generate",
+    "ensure_venv": "venv",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'awpo.bfcl' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

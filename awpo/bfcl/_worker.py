@@ -280,7 +280,11 @@ class _Gateway:
         return [results[entry["id"]] for entry in episodes]
 
     def _run(self, run_episode, entry):
-        self.events.put(("finished", run_episode(entry), None))
+        try:
+            outcome = run_episode(entry)
+        except BaseException as exc:  # the serving loop must always hear that an episode ended
+            outcome = {"id": entry["id"], "result": None, "error": f"{type(exc).__name__}: {exc}"}
+        self.events.put(("finished", outcome, None))
 
     def _answer(self, waiting):
         reply = self.channel.exchange({"generate": [request for request, _ in waiting]})

@@ -233,3 +233,26 @@ def test_bad_requests_fail_with_clear_errors(bfcl):
     # the worker survives and still answers
     assert bfcl.info()["bfcl_eval"] == "2026.3.23"
     json.dumps(verdicts)
+
+
+def test_venv_is_reused_without_running_pip_again(bfcl, monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    from awpo.bfcl import venv
+
+    ready_python = venv.ensure_venv()  # the fixture's checker made sure it exists
+    assert venv.is_ready(ready_python.parent.parent)
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("a ready venv must not be rebuilt")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    assert venv.ensure_venv() == ready_python
+    monkeypatch.undo()
+
+    monkeypatch.setenv(venv.VENV_ENV_VAR, str(tmp_path / "elsewhere"))
+    assert venv.default_venv_dir() == (tmp_path / "elsewhere").resolve()
+    assert not venv.is_ready(tmp_path / "elsewhere")
+    with pytest.raises(RuntimeError, match=r"step 'demo step' \(exit 3\)"):
+        venv._run([sys.executable, "-c", "raise SystemExit(3)"], "demo step")
