@@ -104,3 +104,15 @@ def build_tiny_model(path: str, *, seed: int = 0) -> str:
 def tiny_model_dir(tmp_path_factory) -> str:
     """Path of the shared tiny model directory (read-only by convention: copy it to modify it)."""
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm_engine(tiny_model_dir):
+    """A vLLM engine (in-process, eager, CPU build) on the tiny model, shared by the whole session.
+
+    It holds whatever weights were synced into it last: call `engine.sync_weights(model)` first
+    (the `Trainer` does so itself). Building it costs a few seconds (mostly importing vLLM).
+    """
+    from awpo.rollout import make_engine
+
+    return make_engine("vllm", tiny_model_dir, seed=0, dtype="float32", max_model_len=1024, kv_cache_gb=0.25)

@@ -97,7 +97,7 @@ def test_scripted_runs_and_compare(tmp_path, capsys):
     assert "-66.7" not in printed and "+66.7" in rows["**overall**"]
 
 
-def test_evaluate_api_writes_files(tmp_path):
+def test_evaluate_api_with_a_scripted_model_writes_files(tmp_path):
     result = awpo_eval.evaluate("scripted-silent", ["irrelevance", "parallel"], 2, output_dir=str(tmp_path),
                                 generate_fn=silent_model())
     assert result["results"]["irrelevance"]["accuracy"] == 1.0 and result["results"]["parallel"]["accuracy"] == 0.0
@@ -110,7 +110,7 @@ def test_evaluate_api_writes_files(tmp_path):
     (["--limit", "0", "--scripted", "silent"], "--limit"),
     (["--compare", "/nonexistent/bfcl_results.json", "--scripted", "silent"], "/nonexistent"),
 ])
-def test_bad_arguments_fail_clearly(argv, message, capsys):
+def test_bad_arguments_fail_clearly_scripted(argv, message, capsys):
     with pytest.raises((SystemExit, ValueError)) as info:
         awpo_eval.main(argv)
     assert message in str(info.value)

@@ -1,0 +1,240 @@
+"""awpo.rollout: vLLM on CPU (sampling log-probs, seeds, weight sync), the HF fallback, and
+multi-turn episodes whose tool outputs are masked out of the loss."""
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from awpo.data import Task
+from awpo.rollout import Completion, make_engine
+from awpo.rollout.multiturn import RolloutOptions, continuation_text, run_episodes
+from awpo.toolcall import ToolCall, format_tool_calls, render_prompt
+
+PROMPTS = ["<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n<|im_start|>assistant\n",
+           "<|im_start|>user\nAdd 3 and 4.5 please<|im_end|>\n<|im_start|>assistant\n"]
+
+
+def hf_logprobs(model, prompt_ids, token_ids, temperature=1.0):
+    ids = torch.tensor([prompt_ids + token_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids, use_cache=False).logits[0, len(prompt_ids) - 1:-1].float() / temperature
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(token_ids)[:, None])[:, 0]
+
+
+def perturb(model, scale, seed):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# vLLM
+# ----------------------------------------------------------------------------------------------
+
+def test_vllm_samples_with_logprobs_that_match_the_hf_model(tiny_vllm_engine, tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tiny_vllm_engine.sync_weights(model)
+    out = tiny_vllm_engine.generate(PROMPTS, n=3, temperature=0.8, max_tokens=11, seed=5)
+    assert [len(group) for group in out] == [3, 3]
+    for prompt, group in zip(PROMPTS, out):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        for sample in group:
+            assert isinstance(sample, Completion) and len(sample.token_ids) == len(sample.logprobs) > 0
+            expected = hf_logprobs(model, prompt_ids, sample.token_ids, temperature=0.8)
+            torch.testing.assert_close(torch.tensor(sample.logprobs), expected, atol=2e-4, rtol=0)
+            assert all(lp <= 0 for lp in sample.logprobs)
+
+
+def test_vllm_seeded_sampling_is_reproducible(tiny_vllm_engine, tiny_model_dir):
+    tiny_vllm_engine.sync_weights(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    first = tiny_vllm_engine.generate(PROMPTS, n=4, temperature=1.0, max_tokens=9, seed=123)
+    again = tiny_vllm_engine.generate(PROMPTS, n=4, temperature=1.0, max_tokens=9, seed=123)
+    other = tiny_vllm_engine.generate(PROMPTS, n=4, temperature=1.0, max_tokens=9, seed=124)
+    ids = lambda out: [[s.token_ids for s in group] for group in out]
+    assert ids(first) == ids(again)
+    assert ids(first) != ids(other)
+    greedy = tiny_vllm_engine.generate(PROMPTS[:1], n=2, temperature=0.0, max_tokens=6)
+    assert greedy[0][0].token_ids == greedy[0][1].token_ids
+
+
+def test_vllm_weight_sync_copies_the_new_weights(tiny_vllm_engine, tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    original = copy.deepcopy(model)
+    prompt_ids = tokenizer(PROMPTS[0], add_special_tokens=False).input_ids
+    perturb(model, 0.05, seed=1)
+    tiny_vllm_engine.sync_weights(model)
+    synced = copy.deepcopy(model)
+    sample = tiny_vllm_engine.generate(PROMPTS[:1], n=1, temperature=1.0, max_tokens=13, seed=9)[0][0]
+    vllm_logprobs = torch.tensor(sample.logprobs)
+    torch.testing.assert_close(vllm_logprobs, hf_logprobs(model, prompt_ids, sample.token_ids), atol=2e-4, rtol=0)
+    assert (vllm_logprobs - hf_logprobs(original, prompt_ids, sample.token_ids)).abs().max() > 1e-2
+
+    # vLLM holds a copy: changing the trainer's weights without a sync changes nothing there
+    perturb(model, 0.05, seed=2)
+    again = tiny_vllm_engine.generate(PROMPTS[:1], n=1, temperature=1.0, max_tokens=13, seed=9)[0][0]
+    assert again.token_ids == sample.token_ids
+    torch.testing.assert_close(torch.tensor(again.logprobs), hf_logprobs(synced, prompt_ids, again.token_ids),
+                               atol=2e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# HF fallback
+# ----------------------------------------------------------------------------------------------
+
+def test_hf_engine_samples_with_matching_logprobs(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    engine = make_engine("hf", tiny_model_dir, model=model, tokenizer=tokenizer, seed=0)
+    out = engine.generate(PROMPTS, n=2, temperature=0.9, max_tokens=7, seed=3)
+    assert engine.generate(PROMPTS, n=2, temperature=0.9, max_tokens=7, seed=3)[1][1].token_ids == out[1][1].token_ids
+    for prompt, group in zip(PROMPTS, out):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        for sample in group:
+            assert 0 < len(sample.token_ids) <= 7 and sample.finish_reason in ("stop", "length")
+            expected = hf_logprobs(model, prompt_ids, sample.token_ids, temperature=0.9)
+            torch.testing.assert_close(torch.tensor(sample.logprobs), expected, atol=1e-4, rtol=0)
+
+
+def test_unknown_engine_kind_is_rejected(tiny_model_dir):
+    with pytest.raises(ValueError, match="rollout engine kind"):
+        make_engine("sglang", tiny_model_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# multi-turn episodes (a scripted engine and a scripted environment: the tiny random model never
+# writes a tool call, and the assertions are about the token bookkeeping)
+# ----------------------------------------------------------------------------------------------
+
+class ScriptedEngine:
+    """Replies with fixed assistant texts, tokenised, ending with the eos token, with fake log-probs."""
+
+    def __init__(self, tokenizer, replies):
+        self.tokenizer, self.replies, self.calls = tokenizer, list(replies), []
+
+    def generate(self, prompts, *, n, temperature, max_tokens, top_p=1.0, stop=None, seed=None):
+        self.calls.append([list(p) for p in prompts])
+        out = []
+        for _ in prompts:
+            group = []
+            for _ in range(n):
+                text = self.replies.pop(0)
+                ids = self.tokenizer(text, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+                finish = "stop"
+                if len(ids) > max_tokens:
+                    ids, finish = ids[:max_tokens], "length"
+                group.append(Completion(text, ids, [-0.5 - 0.01 * i for i in range(len(ids))], finish))
+            out.append(group)
+        return out
+
+    def sync_weights(self, model):
+        pass
+
+
+class ScriptedCounterEnv:
+    """A counter with one tool, `add(x)`; its results are the text the model must not be trained on."""
+
+    def __init__(self, state):
+        self.value = (state or {}).get("value", 0)
+
+    def execute(self, call: ToolCall) -> str:
+        self.value += call.arguments["x"]
+        return f"RESULT value={self.value}"
+
+    def tools(self):
+        return [ADD_TOOL]
+
+    def state(self):
+        return {"value": self.value}
+
+
+ADD_TOOL = {"name": "add", "description": "Add x to the counter.",
+            "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}}
+
+
+def counter_task(user_turns=("Now add 5.",)):
+    return Task(id="count-1", category="multi_turn",
+                messages=[{"role": "system", "content": "Use the tools."}, {"role": "user", "content": "Add 2."}],
+                tools=[ADD_TOOL], ground_truth=[], env="counter", env_state={"value": 1},
+                user_turns=list(user_turns))
+
+
+def call_text(x):
+    return format_tool_calls([ToolCall("add", {"x": x})])
+
+
+def test_multi_turn_episode_masks_tool_outputs_scripted(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    replies = [call_text(2), "Done, it is 3.", call_text(5), "Now it is 8."]
+    engine = ScriptedEngine(tokenizer, replies)
+    options = RolloutOptions(num_generations=1, temperature=1.0, max_completion_length=400, max_tool_rounds=3)
+    [episode] = run_episodes(engine, tokenizer, [counter_task()], options,
+                             make_env=lambda name, state: ScriptedCounterEnv(state))
+
+    assert episode.done and not episode.truncated
+    assert episode.env.value == 8 and episode.num_tool_calls == 2 and len(episode.turns) == 4
+    assert len(episode.response_ids) == len(episode.loss_mask) == len(episode.sampling_logprobs)
+    assert len(engine.calls) == 4   # one engine call per round
+
+    # the sampled tokens (mask 1) are exactly the four replies, each with its eos token
+    sampled = [t for t, m in zip(episode.response_ids, episode.loss_mask) if m]
+    expected = []
+    for text in replies:
+        expected += tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    assert sampled == expected
+    # the world's tokens (mask 0) hold the tool results and the second user turn, never trained on
+    world = tokenizer.decode([t for t, m in zip(episode.response_ids, episode.loss_mask) if not m])
+    assert "RESULT value=3" in world and "RESULT value=8" in world and "Now add 5." in world
+    assert "RESULT" not in tokenizer.decode(sampled)
+    assert all(lp == 0.0 for lp, m in zip(episode.sampling_logprobs, episode.loss_mask) if not m)
+    assert all(lp < 0.0 for lp, m in zip(episode.sampling_logprobs, episode.loss_mask) if m)
+
+    # the token sequence is exactly the chat template's rendering of the whole conversation
+    full = tokenizer.decode(episode.prompt_ids + episode.response_ids)
+    rendered = render_prompt(tokenizer, episode.messages, episode.task.tools, add_generation_prompt=False)
+    assert full + "\n" == rendered
+    # and every later engine call saw the previous context as its prefix
+    assert engine.calls[1][0] == episode.prompt_ids + episode.response_ids[:len(engine.calls[1][0]) - len(episode.prompt_ids)]
+
+
+def test_multi_turn_tool_round_limit_and_length_limit_scripted(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    # the model keeps calling: after max_tool_rounds rounds the episode moves on / ends
+    engine = ScriptedEngine(tokenizer, [call_text(1)] * 3)
+    options = RolloutOptions(num_generations=1, temperature=1.0, max_completion_length=400, max_tool_rounds=2)
+    [episode] = run_episodes(engine, tokenizer, [counter_task(user_turns=())], options,
+                             make_env=lambda name, state: ScriptedCounterEnv(state))
+    assert episode.num_tool_calls == 2 and len(episode.turns) == 3 and episode.done and not episode.truncated
+
+    # a tight token budget truncates the episode
+    engine = ScriptedEngine(tokenizer, [call_text(1), call_text(1)])
+    options = RolloutOptions(num_generations=1, temperature=1.0, max_completion_length=40, max_tool_rounds=4)
+    [episode] = run_episodes(engine, tokenizer, [counter_task(user_turns=())], options,
+                             make_env=lambda name, state: ScriptedCounterEnv(state))
+    assert episode.truncated and len(episode.response_ids) <= 40
+
+
+def test_single_turn_groups_are_contiguous_scripted(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tasks = [Task(id=f"t{i}", category="simple", messages=[{"role": "user", "content": f"Add {i}."}],
+                  tools=[ADD_TOOL], ground_truth=[{"add": {"x": [i]}}]) for i in range(3)]
+    replies = [call_text(i) for i in range(3) for _ in range(2)]
+    episodes = run_episodes(ScriptedEngine(tokenizer, replies), tokenizer, tasks,
+                            RolloutOptions(num_generations=2, temperature=1.0, max_completion_length=64))
+    assert [e.group for e in episodes] == [0, 0, 1, 1, 2, 2]
+    assert [e.task.id for e in episodes] == ["t0", "t0", "t1", "t1", "t2", "t2"]
+    assert all(e.loss_mask == [1] * len(e.response_ids) for e in episodes)
+    assert [e.calls[0].arguments["x"] for e in episodes] == [0, 0, 1, 1, 2, 2]
+
+
+def test_continuation_text_follows_the_chat_template(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    history = [{"role": "user", "content": "hi"}]
+    reply = [{"role": "tool", "content": "42"}]
+    text = continuation_text(tokenizer, [], history, "ok", reply, ended_with_eos=True)
+    assert text == "\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n"
+    text = continuation_text(tokenizer, [], history, "ok", reply, ended_with_eos=False)
+    assert text.startswith("<|im_end|>\n<|im_start|>tool")
