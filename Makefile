@@ -26,6 +26,7 @@ train: venv
 	$(PY) -m awpo.train $(ARGS)
 
 test: venv
+	$(PY) -m awpo.bfcl.venv --ensure
 	$(PY) -m pytest tests -q -p no:cacheprovider $(ARGS)
 
 bench: venv

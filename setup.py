@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["awpo_kernels", "awpo_kernels.*", "awpo", "awpo.*"]),
-    package_data={"awpo": ["configs/*.yaml", "data/*.json"]},
+    package_data={"awpo": ["configs/*.yaml", "data/*.json", "bfcl/requirements-bfcl.txt"]},
     install_requires=["torch>=2.4", "triton>=3.6", "numpy"],
     extras_require={
         # the trainer on a CPU machine: vLLM's CPU build (pinned to torch 2.13.0+cpu)
