@@ -114,7 +114,8 @@ def update_options(config: Config) -> UpdateOptions:
         optimizer_steps_per_iteration=config.optimizer_steps_per_iteration,
         num_iterations=config.num_iterations, max_grad_norm=config.max_grad_norm,
         is_correction=config.vllm_importance_sampling_correction and config.rollout == "vllm",
-        is_mode=config.vllm_importance_sampling_mode, is_cap=config.vllm_importance_sampling_cap)
+        is_mode=config.vllm_importance_sampling_mode, is_cap=config.vllm_importance_sampling_cap,
+        bf16_autocast=config.bf16_autocast)
 
 
 def lr_lambda(kind: str, total_steps: int, warmup_steps: int):

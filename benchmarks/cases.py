@@ -8,6 +8,7 @@ Implementations are registered by name, so a fresh subprocess can rebuild any ca
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,8 +23,6 @@ OPS = ("fused_linear_policy_loss", "linear_logprobs", "group_advantages")
 BASELINE = {"fused_linear_policy_loss": "materialised", "linear_logprobs": "materialised",
             "group_advantages": "awpo-reference"}
 FLOOR = "lm-head-gemms"
-# Implementations whose first call compiles: memory is measured on a later call.
-COMPILED = {"materialised-compiled", "liger"}
 
 
 @dataclass
@@ -102,10 +101,6 @@ class Case:
     kept: object = field(default=None, repr=False)
 
     @property
-    def compiles(self) -> bool:
-        return self.impl in COMPILED
-
-    @property
     def device(self) -> torch.device:
         first = self.inputs.hidden if isinstance(self.inputs, LMHeadInputs) else self.inputs.outcome
         return first.device
@@ -139,10 +134,10 @@ def _policy_loss_step(loss_fn, inputs: LMHeadInputs):
     return step
 
 
-def _awpo_policy_loss(backend):
+def _awpo_policy_loss(backend, chunk_size=None):
     def loss_fn(hidden, weight, targets, advantages):
         return awpo_kernels.fused_linear_policy_loss(hidden, weight, targets, advantages, loss_type="grpo",
-                                                     beta=0.0, backend=backend).loss
+                                                     beta=0.0, backend=backend, chunk_size=chunk_size).loss
     return loss_fn
 
 
@@ -156,6 +151,10 @@ def _logprobs_step(logprobs_fn, inputs: LMHeadInputs):
         with torch.no_grad():
             return logprobs_fn(inputs.hidden, inputs.weight, inputs.targets)
     return step
+
+
+def _awpo_logprobs(backend, chunk_size=None):
+    return lambda h, w, y: awpo_kernels.linear_logprobs(h, w, y, backend=backend, chunk_size=chunk_size).logprobs
 
 
 def _logprobs_summary(logprobs, inputs) -> dict:
@@ -194,12 +193,9 @@ def _policy_loss_impls(options: CaseOptions) -> dict:
 def _logprobs_impls(options: CaseOptions) -> dict:
     compiled = functools.partial(baselines.compile_baseline, backend=options.compile_backend)
 
-    def awpo(backend):
-        return lambda h, w, y: awpo_kernels.linear_logprobs(h, w, y, backend=backend).logprobs
-
     return {
-        "awpo": lambda x: _logprobs_step(awpo(None), x),
-        "awpo-torch": lambda x: _logprobs_step(awpo("torch"), x),
+        "awpo": lambda x: _logprobs_step(_awpo_logprobs(None), x),
+        "awpo-torch": lambda x: _logprobs_step(_awpo_logprobs("torch"), x),
         "materialised": lambda x: _logprobs_step(baselines.materialised_logprobs, x),
         "materialised-compiled": lambda x: _logprobs_step(compiled(baselines.materialised_logprobs), x),
         FLOOR: lambda x: _gemm_step(baselines.lm_head_forward_gemm, x),
@@ -215,6 +211,25 @@ def _advantages_impls(options: CaseOptions) -> dict:
     }
 
 
+CHUNK_VARIANT = re.compile(r"^awpo-chunk(\d+)$")
+
+
+def chunk_variant(rows: int) -> str:
+    """The name of the default backend run with `chunk_size=rows` (a chunk-size sweep)."""
+    return f"awpo-chunk{rows}"
+
+
+def _chunk_variant_step(op: str, impl: str):
+    """Step factory of an 'awpo-chunkROWS' name, or None when `impl` is not one (or `op` has no chunks)."""
+    match = CHUNK_VARIANT.match(impl)
+    if match is None or op == "group_advantages" or int(match.group(1)) < 1:
+        return None
+    rows = int(match.group(1))
+    if op == "fused_linear_policy_loss":
+        return lambda x: _policy_loss_step(_awpo_policy_loss(None, rows), x)
+    return lambda x: _logprobs_step(_awpo_logprobs(None, rows), x)
+
+
 _IMPLS = {"fused_linear_policy_loss": _policy_loss_impls, "linear_logprobs": _logprobs_impls,
           "group_advantages": _advantages_impls}
 _SUMMARIES = {"fused_linear_policy_loss": _policy_loss_summary, "linear_logprobs": _logprobs_summary,
@@ -222,16 +237,19 @@ _SUMMARIES = {"fused_linear_policy_loss": _policy_loss_summary, "linear_logprobs
 _NOT_COMPARABLE = {FLOOR, "grpo-plain"}  # different math: a floor, not an implementation of the op
 
 
-def implementations(op: str, device: str) -> list[str]:
+def implementations(op: str, device: str, chunk_sizes=()) -> list[str]:
     """Implementations of `op` that can run on `device` here, the library's default path first.
 
     'awpo-torch' is listed on CUDA only (on CPU the default backend already is the torch one); Liger
-    only when `liger_kernel` imports.
+    only when `liger_kernel` imports. `chunk_sizes` adds 'awpo-chunkROWS' variants to the LM-head ops.
     """
     check_op(op)
     names = list(_IMPLS[op](CaseOptions()))
     on_cuda = str(device).startswith("cuda")
-    return [n for n in names if (n != "awpo-torch" or on_cuda) and (n != "liger" or baselines.liger_available())]
+    names = [n for n in names if (n != "awpo-torch" or on_cuda) and (n != "liger" or baselines.liger_available())]
+    if op != "group_advantages":
+        names[1:1] = [chunk_variant(rows) for rows in chunk_sizes]
+    return names
 
 
 def check_op(op: str) -> None:
@@ -251,13 +269,15 @@ def build_case(op: str, impl: str, shape, inputs, options: CaseOptions | None = 
     """A runnable case on prepared `inputs` (see `make_inputs`); raises ValueError for an unknown impl."""
     check_op(op)
     impls = _IMPLS[op](options or CaseOptions())
-    if impl not in impls:
-        raise ValueError(f"impl must be one of {', '.join(impls)} for {op}; got {impl!r}")
+    make_step = impls.get(impl) or _chunk_variant_step(op, impl)
+    if make_step is None:
+        variants = "" if op == "group_advantages" else " or awpo-chunkROWS"
+        raise ValueError(f"impl must be one of {', '.join(impls)}{variants} for {op}; got {impl!r}")
     wanted_shape = GroupShape if op == "group_advantages" else LMHeadShape
     if not isinstance(shape, wanted_shape):
         raise ValueError(f"shape for {op} must be a {wanted_shape.__name__}; got {shape!r}")
     summarise = None if impl in _NOT_COMPARABLE else _SUMMARIES[op]
-    return Case(op, impl, shape, inputs, impls[impl](inputs), summarise, useful_flops(op, shape))
+    return Case(op, impl, shape, inputs, make_step(inputs), summarise, useful_flops(op, shape))
 
 
 def build_case_by_name(op: str, impl: str, shape_name: str, device: str, options: CaseOptions | None = None) -> Case:

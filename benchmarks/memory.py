@@ -5,7 +5,7 @@
   blocks below its (growing) mmap threshold and reuse them unseen; the subprocess fixes that threshold
   at 64 KiB (`MALLOC_MMAP_THRESHOLD_`), so every tensor above it is its own mapping and its pages come
   and go with it. The peak counter is reset (`/proc/self/clear_refs`) after a warm-up call, so
-  compilation is not counted.
+  compilation and one-time process state are not counted.
 
 The number includes what a call returns and keeps (gradients, per-token outputs): for the fused loss
 the floor is the weight gradient itself plus one logits chunk.
@@ -71,12 +71,10 @@ def _reset_peak_rss() -> None:
 def measure_rss_here(case) -> MemoryResult:
     """Peak RSS of one call over the RSS before it, in the current process (Linux only).
 
-    Meant for a fresh process started by `measure_cpu_subprocess`, where nothing else has run. A case
-    that compiles is called once first, so the compiler's own memory is not counted; other cases are
-    measured on their first call (one-time buffers count against them, not for them).
+    Meant for a fresh process started by `measure_cpu_subprocess`. The case is called once first:
+    compilation and one-time process state (thread pools, library caches) are not the op's memory.
     """
-    for _ in range(1 if case.compiles else 0):
-        case.run()
+    case.run()
     case.reset()
     gc.collect()
     _reset_peak_rss()

@@ -51,7 +51,9 @@ def measure_shape(op, shape, device, args) -> ShapeResult:
     options = CaseOptions(compile_backend=args.compile_backend)
     inputs = make_inputs(op, shape, device, seed=options.seed)
     cases, timings = [], {}
-    for impl in implementations(op, device.type):
+    for impl in implementations(op, device.type, args.chunk_sizes):
+        if args.impls and impl not in args.impls and not impl.startswith("awpo-chunk"):
+            continue
         try:
             cases.append(build_case(op, impl, shape, inputs, options))
         except Exception as exc:  # e.g. a baseline whose import fails on this machine
@@ -259,7 +261,11 @@ def parse_args(argv):
     parser.add_argument("--shapes", default="default", help="'default', 'smoke', 'all' or comma-separated names")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3 on CPU, 10 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 1 CPU, 3 CUDA)")
+    parser.add_argument("--impls", default="", help="comma-separated implementations to run (default: all "
+                        "available; keep the baseline, the ratios are taken against it)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--chunk-sizes", default="", help="comma-separated rows per chunk: adds awpo-chunkROWS rows "
+                        "(the default backend with chunk_size=ROWS) to the LM-head tables, a chunk-size sweep")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the baselines")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="markdown file to write the section to")
     args = parser.parse_args(argv)
@@ -268,6 +274,13 @@ def parse_args(argv):
     args.warmup = args.warmup or (3 if on_cuda else 1)
     if args.rounds < 1 or args.warmup < 1:
         parser.error("--rounds and --warmup must be >= 1")
+    args.impls = [impl.strip() for impl in args.impls.split(",") if impl.strip()]
+    try:
+        args.chunk_sizes = [int(rows) for rows in args.chunk_sizes.split(",") if rows.strip()]
+    except ValueError:
+        parser.error(f"--chunk-sizes must be comma-separated integers; got {args.chunk_sizes!r}")
+    if any(rows < 1 for rows in args.chunk_sizes):
+        parser.error("--chunk-sizes must be >= 1")
     return args
 
 
@@ -280,6 +293,10 @@ def main(argv=None) -> str:
     for op in ops:
         if op not in OPS:
             raise SystemExit(f"--ops: unknown op {op!r}; known: {', '.join(OPS)}")
+    known = {impl for op in ops for impl in implementations(op, args.device)}
+    unknown = [impl for impl in args.impls if impl not in known]
+    if unknown:
+        raise SystemExit(f"--impls: {', '.join(unknown)} not available here; known: {', '.join(sorted(known))}")
     planned = [(op, shape) for op in ops
                for shape in select_shapes("groups" if op == "group_advantages" else "lm_head", args.device, args.shapes)]
     if not planned:

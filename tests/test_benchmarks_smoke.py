@@ -163,3 +163,19 @@ def test_gpu_table_and_targets_render_from_measured_numbers():
     assert "Liger time / fused time: not measured" in targets
     gradients = (shape.tokens + shape.vocab) * shape.hidden * 2 / gib
     assert f"workspace (peak extra - gradients) = {2 - gradients:.2f} GiB" in targets
+
+
+def test_chunk_size_variants_run_the_library_with_that_chunk_size():
+    shape = SMOKE_LM_HEAD[0]
+    assert implementations("linear_logprobs", "cpu", chunk_sizes=(7,))[1] == "awpo-chunk7"
+    inputs = make_inputs("fused_linear_policy_loss", shape, torch.device("cpu"), seed=2)
+    summaries = {}
+    for impl in ("materialised", "awpo-chunk7"):
+        case = build_case("fused_linear_policy_loss", impl, shape, inputs, SMOKE)
+        case.run()
+        summaries[impl] = case.summary()
+        case.reset()
+    for key, value in summaries["materialised"].items():
+        assert summaries["awpo-chunk7"][key] == pytest.approx(value, rel=1e-4), key
+    with pytest.raises(ValueError, match="awpo-chunkROWS"):
+        build_case("fused_linear_policy_loss", "awpo-chunk0", shape, inputs)

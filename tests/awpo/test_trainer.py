@@ -45,7 +45,7 @@ def config_for(output_dir, **overrides):
     values = dict(output_dir=str(output_dir), max_steps=2, prompts_per_step=2, num_generations=4,
                   per_device_train_batch_size=3, max_completion_length=10, temperature=1.0, learning_rate=3e-3,
                   estimator="grpo", eval_dataset="none", save_steps=1, save_total_limit=0, plot=False,
-                  max_model_len=1024, seed=7)
+                  max_model_len=1024, seed=7, mask_truncated_completions=False)  # the random model never stops
     values.update(overrides)
     return Config(**values)
 
