@@ -8,6 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTPUT="${1:-benchmarks/RESULTS.md}"
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 SCRATCH="${TMPDIR:-/tmp}/awpo-gpu-suite"
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 export TORCHINDUCTOR_CACHE_DIR="$SCRATCH/inductor" TRITON_CACHE_DIR="$SCRATCH/triton" XDG_CACHE_HOME="$SCRATCH/xdg"
@@ -19,15 +20,15 @@ fi
 
 echo "== device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
+"$PYTHON" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
 
 echo "== 1/2 CUDA correctness tests of the kernels (tests/kernels)"
-timeout 240 python -m pytest tests/kernels -q -p no:cacheprovider
+timeout 240 "$PYTHON" -m pytest tests/kernels -q -p no:cacheprovider
 tests_status=$?
 
 echo "== 2/2 benchmark table -> $OUTPUT"
 # The report rewrites its section after every shape: a timeout still leaves the shapes done so far.
-timeout 330 python -m benchmarks.report --device cuda --output "$OUTPUT"
+timeout 330 "$PYTHON" -m benchmarks.report --device cuda --output "$OUTPUT"
 report_status=$?
 
 echo "== tests exit status $tests_status, report exit status $report_status"

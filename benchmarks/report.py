@@ -224,11 +224,12 @@ def _workspace_verdict(name, result) -> str:
 
 
 def render(results, device, matmul_tflops, args) -> str:
-    memory_method = "not measured" if args.no_memory else (
-        memory.CUDA_METHOD if device.type == "cuda" else memory.CPU_METHOD)
+    memory_text = "not measured" if args.no_memory else (
+        (memory.CUDA_METHOD if device.type == "cuda" else memory.CPU_METHOD)
+        + ", extra over inputs and parameters (gradients and outputs included)")
     lines = environment(device, matmul_tflops) + [
         f"- timing: median of {args.rounds} interleaved rounds after {args.warmup} warm-up call(s); "
-        f"memory: {memory_method}, extra over inputs and parameters (gradients and outputs included)",
+        f"memory: {memory_text}",
         "- `awpo` = the library's default backend (Triton on CUDA, chunked torch on CPU); "
         "`max rel. diff` = loss / gradient-norm / output scalars against the baseline's", ""]
     for result in results:

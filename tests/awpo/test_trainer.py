@@ -209,3 +209,35 @@ def test_bad_config_fails_before_any_work(tmp_path):
         Trainer(config_for(tmp_path, model=str(tmp_path / "missing-model")))
     with pytest.raises(FileNotFoundError, match="--resume latest: no checkpoint"):
         Trainer(config_for(tmp_path, resume="latest"))
+
+
+def test_shared_prompt_packing_matches_separate_sequences(tiny_model_dir):
+    """Log-probs and gradients are the same whether a group's prompt is packed once (with a block
+    mask) or once per sequence, and the same as running every sequence on its own."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(4)
+    tokens = lambda n: torch.randint(3, 400, (n,), generator=generator).tolist()
+    prompt_a, prompt_b = tokens(9), tokens(6)
+    responses = [tokens(4), tokens(7), tokens(3), tokens(5), tokens(2)]
+    masks = [[1, 1, 0, 1], [1] * 7, [0, 1, 1], [1, 0, 0, 1, 1], [1, 1]]
+    batch = RolloutBatch([prompt_a] * 3 + [prompt_b] * 2, responses, masks,
+                         [[-1.0] * len(r) for r in responses], torch.zeros(5), torch.zeros(5), torch.zeros(5))
+
+    def logprobs_and_grad(share, indices):
+        model.zero_grad()
+        micro = pack(batch, indices, "cpu", share_prompts=share)
+        from awpo.policy_update import last_hidden_states, lm_head_weight
+        import awpo_kernels as ak
+        hidden = last_hidden_states(model, micro)
+        logp = ak.linear_logprobs(hidden, lm_head_weight(model), micro.targets).logprobs
+        (logp * torch.linspace(0.5, 1.5, logp.numel())).sum().backward()
+        return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, micro
+
+    shared_lp, shared_grad, shared = logprobs_and_grad(True, list(range(5)))
+    flat_lp, flat_grad, flat = logprobs_and_grad(False, list(range(5)))
+    assert shared.input_ids.shape[1] == 9 + 6 + sum(map(len, responses)) < flat.input_ids.shape[1]
+    torch.testing.assert_close(shared_lp, flat_lp, atol=1e-5, rtol=0)
+    for name in flat_grad:
+        torch.testing.assert_close(shared_grad[name], flat_grad[name], atol=1e-5, rtol=1e-4)
+    separate = torch.cat([token_logprobs(model, pack(batch, [i], "cpu"), 1.0)[0] for i in range(5)])
+    torch.testing.assert_close(shared_lp, separate, atol=1e-5, rtol=0)

@@ -31,7 +31,8 @@ TRITON_CUDA = pytest.param(("triton", "cuda"), id="triton_cuda", marks=_NO_GPU)
 TORCH_CUDA = pytest.param(("torch", "cuda"), id="torch_cuda", marks=_NO_GPU)
 
 
-# A test asks for one of these fixture names and gets one run per backend:
+# A test of a module that sets PARAMETRIZE_LM_BACKENDS = True asks for one of these names and gets one
+# run per backend:
 #   backend          every backend;
 #   grid_backend     every backend but the interpreter (big option grids: the interpreter is ~100x slower);
 #   triton_backend   the Triton kernels only.
@@ -43,6 +44,8 @@ BACKEND_PARAMS = {
 
 
 def pytest_generate_tests(metafunc):
+    if not getattr(metafunc.module, "PARAMETRIZE_LM_BACKENDS", False):  # opt-in: other modules keep their names
+        return
     for name, params in BACKEND_PARAMS.items():
         if name in metafunc.fixturenames:
             metafunc.parametrize(name, params)

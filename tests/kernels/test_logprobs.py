@@ -8,6 +8,7 @@ import torch
 
 import awpo_kernels as ak
 
+PARAMETRIZE_LM_BACKENDS = True  # conftest: the backend / grid_backend / triton_backend parameters
 f64 = torch.float64
 
 

@@ -11,6 +11,7 @@ import torch
 
 import awpo_kernels as ak
 
+PARAMETRIZE_LM_BACKENDS = True  # conftest: the backend / grid_backend / triton_backend parameters
 f64 = torch.float64
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]
 
