@@ -23,6 +23,7 @@ import torch
 from ._matmul import LmHeadGemms
 from ._runtime import default_chunk_size
 from ._token_math import LossSpec
+from .reference import compute_dtype as promoted_dtype
 
 
 @dataclass
@@ -101,9 +102,7 @@ def run_chunks(hidden: torch.Tensor, weight: torch.Tensor, plan: ChunkPlan, *, b
         if weight_acc is not None:
             gemms.accumulate_grad_weight(weight_acc, dz, hidden_chunk)
     if weight_acc is not None:
-        results.grad_weight = weight_acc.to(weight.dtype)
-    elif write_grad and grad_weight:
-        results.grad_weight = torch.zeros_like(weight)
+        results.grad_weight = weight_acc.to(weight.dtype)  # the one cast (none for fp32 weights)
     return results
 
 
@@ -113,9 +112,7 @@ def fast_path(backend: str, *tensors) -> tuple[str, torch.dtype]:
     The Triton epilogue computes in fp32, so fp64 inputs (tests, debugging) run the torch chunk loop
     on either backend.
     """
-    from .reference import compute_dtype
-
-    dtype = compute_dtype(*tensors)
+    dtype = promoted_dtype(*tensors)
     if backend == "triton" and dtype == torch.float64:
         return "torch", dtype
     return backend, dtype

@@ -42,7 +42,7 @@ def _flat_options(layout, options):
         def as_tensor(value):
             if isinstance(value, torch.Tensor):
                 return value
-            return torch.tensor(float(value), dtype=like.dtype, device=like.device)
+            return like.new_full((), float(value))  # a fill on the device: no host-to-device copy
 
         flat["epsilon_low"], flat["epsilon_high"] = as_tensor(low), as_tensor(high)
     return flat
