@@ -33,18 +33,6 @@ def _flat_options(layout, options):
     flat = dict(options)
     for name in ("old_logprobs", "ref_logprobs", "importance_weights"):
         flat[name] = layout.flatten(flat[name])
-    # torch.clamp takes (Tensor, Tensor) or (Number, Number) bounds, not one of each: when one epsilon
-    # is a tensor, the other becomes a 0-dim tensor of the same value.
-    low, high = flat["epsilon_low"], flat["epsilon_high"]
-    if isinstance(low, torch.Tensor) != isinstance(high, torch.Tensor):
-        like = low if isinstance(low, torch.Tensor) else high
-
-        def as_tensor(value):
-            if isinstance(value, torch.Tensor):
-                return value
-            return like.new_full((), float(value))  # a fill on the device: no host-to-device copy
-
-        flat["epsilon_low"], flat["epsilon_high"] = as_tensor(low), as_tensor(high)
     return flat
 
 

@@ -210,7 +210,10 @@ def policy_loss_flat(
     eps_lo = _per_token(epsilon_low, seq_ids)
     eps_hi = _per_token(epsilon_high, seq_ids)
     ratio1 = ratio if delta is None else torch.clamp(ratio, max=delta)
-    ratio2 = torch.clamp(ratio, 1.0 - eps_lo, 1.0 + eps_hi)
+    # clamp takes bounds that are both numbers or both tensors; epsilons may be one of each
+    low = torch.as_tensor(1.0 - eps_lo, dtype=dtype, device=logp.device)
+    high = torch.as_tensor(1.0 + eps_hi, dtype=dtype, device=logp.device)
+    ratio2 = torch.clamp(ratio, low, high)
     per_token = -torch.minimum(ratio1 * adv, ratio2 * adv)
     if importance_weights is not None:
         per_token = per_token * importance_weights.to(dtype).detach()
