@@ -343,3 +343,23 @@ def test_changing_hyper_parameters_never_recompiles_the_kernel(kt):
         changed.pop("epsilon_low")
         kt.run_fused(("triton", "cuda"), case, temperature=temperature, **changed)
     assert compiled_variants() == before
+
+
+def test_one_per_sequence_epsilon_and_one_float_mix():
+    g = torch.Generator().manual_seed(11)
+    B, T, H, V = 3, 5, 7, 101
+    hidden = torch.randn(B, T, H, generator=g, dtype=torch.float64)
+    weight = torch.randn(V, H, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, V, (B, T), generator=g)
+    adv = torch.randn(B, generator=g, dtype=torch.float64)
+    old = -torch.rand(B, T, generator=g, dtype=torch.float64) * 6
+    eps_low = 0.05 + 0.1 * torch.rand(B, generator=g, dtype=torch.float64)
+    results = []
+    for backend in ("reference", "torch"):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        out = ak.fused_linear_policy_loss(h, w, targets, adv, old_logprobs=old, epsilon_low=eps_low,
+                                          epsilon_high=0.3, backend=backend)
+        out.loss.backward()
+        results.append((out.loss.detach(), h.grad, w.grad))
+    for got, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
