@@ -96,6 +96,9 @@ def environment(device, matmul_tflops) -> list[str]:
     ]
     if matmul_tflops is not None:
         lines.append(f"- bf16 matmul 8192^3 in this run: {matmul_tflops:.0f} TFLOP/s")
+    if hasattr(os, "getloadavg"):  # on a shared machine, other work inflates and spreads the times
+        lines.append(f"- load average at the end of the run (1/5/15 min): "
+                     f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return lines
 
 
