@@ -109,6 +109,24 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model, tokenize
     return target
 
 
+def save_final_model(output_dir: str | os.PathLike, *, model, tokenizer, name: str = "final") -> Path:
+    """The trained model alone (`save_pretrained` + tokenizer) at `output_dir/final`, atomically: a
+    stable path for evaluation (`python -m awpo.eval --model runs/awpo/final`) and for vLLM."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}-", dir=output_dir))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _fsync_tree(tmp)
+        _replace_dir(tmp, output_dir / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("Saved the final model to %s", output_dir / name)
+    return output_dir / name
+
+
 def _replace_dir(src: Path, target: Path) -> None:
     """Rename `src` to `target`; an existing `target` (a re-run of that step) is swapped out first."""
     if target.exists():

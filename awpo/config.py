@@ -48,6 +48,9 @@ class Config:
                          choices=("auto", "cpu", "cuda"), group="run")
     dtype: str = option("float32", "training and rollout dtype (float32 keeps vLLM and trainer log-probs "
                         "within ~3e-5 on CPU)", choices=("float32", "bfloat16"), group="run")
+    cpu_threads: int = option(0, "torch threads on CPU; 0: the cores that are idle at start-up (a busy shared "
+                              "machine makes OpenMP spin-waits 2-4x slower than one thread); a resumed run "
+                              "reuses the original count", low=0, group="run")
     bf16_autocast: bool = option(False, "run the policy's forward/backward under bf16 autocast (fp32 master "
                                  "weights, fp32 LM-head math): about 2x faster on CPUs with AMX and on GPUs",
                                  group="run")

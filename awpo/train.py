@@ -51,9 +51,11 @@ def summary_lines(result) -> list[str]:
         for category in after["by_category"]:
             lines.append(f"  {category:<18} {_percent(before['by_category'].get(category, float('nan'))):>7} -> "
                          f"{_percent(after['by_category'][category]):>7}")
+        lines.append(f"  partial credit     {_percent(before['graded']):>7} -> {_percent(after['graded']):>7}"
+                     "   (graded outcome: names, parameters, values)")
         lines.append(f"  well-formed output {_percent(before['format_ok']):>7} -> {_percent(after['format_ok']):>7}")
     lines.append(f"Metrics: {Path(result.output_dir) / 'metrics.jsonl'}" + (f", plot: {result.plot}" if result.plot else ""))
-    lines.append(f"Final checkpoint: {result.last_checkpoint}")
+    lines.append(f"Final model: {result.final_model}   (last checkpoint: {result.last_checkpoint})")
     return lines
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -142,6 +143,21 @@ def make_judge(config: Config, engine, tokenizer):
     return LLMJudge.from_engine(engine, tokenizer=tokenizer)
 
 
+def idle_cores() -> int:
+    """CPU cores not busy right now (from the 1-minute load average), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def set_cpu_threads(count: int) -> None:
+    """torch's intra-op threads. vLLM's CPU worker replaces `torch.set_num_threads` with a no-op
+    once it has bound its threads; the underlying setter still works, and the trainer owns the
+    process, so it uses that. OMP_NUM_THREADS tells a vLLM started later to keep this count."""
+    os.environ["OMP_NUM_THREADS"] = str(count)
+    torch._C.set_num_threads(count)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -159,6 +175,7 @@ class TrainResult:
     accuracy_before: dict | None = None
     accuracy_after: dict | None = None
     last_checkpoint: str | None = None
+    final_model: str | None = None
     plot: str | None = None
     history: list[dict] = field(default_factory=list)
 
@@ -181,6 +198,7 @@ class Trainer:
         self.base_model_path = resolve_model_path(config.model)
         model_path = str(resume_from) if resume_from else self.base_model_path
 
+        self.cpu_threads = self._choose_cpu_threads(resume_from)
         seed_everything(config.seed)
         self.model, self.tokenizer = load_policy(model_path, dtype=self.dtype, device=self.device)
         self.ref_model = self._reference_model() if config.beta > 0 else None
@@ -201,6 +219,8 @@ class Trainer:
             self._restore(resume_from)
 
         self.engine = engine if engine is not None else self._make_engine(model_path)
+        if self.cpu_threads:
+            set_cpu_threads(self.cpu_threads)   # vLLM's start-up may have changed it
         self.engine.sync_weights(self.model)   # an injected engine may hold other weights
         self.judge = judge if judge is not None else make_judge(config, self.engine, self.tokenizer)
         self.score_fn = score_fn
@@ -208,6 +228,19 @@ class Trainer:
         self.update_options = update_options(config)
 
     # ------------------------------------------------------------------------------------------
+    def _choose_cpu_threads(self, resume_from: Path | None) -> int | None:
+        """Fixed for the whole run (thread counts can change float summation order, and a resumed
+        run must repeat the original bit for bit). None on CUDA."""
+        if self.device.type != "cpu":
+            return None
+        count = self.config.cpu_threads
+        if not count and resume_from is not None:
+            count = ckpt.load_trainer_state(resume_from).get("extra", {}).get("cpu_threads") or 0
+        count = count or idle_cores()
+        logger.info("Using %d CPU thread(s)", count)
+        set_cpu_threads(count)
+        return count
+
     def _reference_model(self):
         ref, _ = load_policy(self.base_model_path, dtype=self.dtype, device=self.device)
         ref.eval()
@@ -255,8 +288,9 @@ class Trainer:
                 on_step(metrics)
         if last_saved is None or not last_saved.name.endswith(f"-{self.step}"):
             last_saved = self.save()
-        result = TrainResult(steps=self.step, output_dir=str(self.output_dir),
-                             accuracy_before=self.accuracy_before, last_checkpoint=str(last_saved), history=history)
+        final = ckpt.save_final_model(self.output_dir, model=self.model, tokenizer=self.tokenizer)
+        result = TrainResult(steps=self.step, output_dir=str(self.output_dir), accuracy_before=self.accuracy_before,
+                             last_checkpoint=str(last_saved), final_model=str(final), history=history)
         if self.eval_tasks:
             result.accuracy_after = self.evaluate(self.eval_tasks)
             logger.info("Held-out accuracy after training: %.3f", result.accuracy_after["accuracy"])
@@ -346,7 +380,8 @@ class Trainer:
         return ckpt.save_checkpoint(
             self.output_dir, self.step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
             scheduler=self.scheduler, data_position=self.data.position, config=self.config.to_dict(),
-            extra={"accuracy_before": self.accuracy_before}, save_total_limit=self.config.save_total_limit)
+            extra={"accuracy_before": self.accuracy_before, "cpu_threads": self.cpu_threads},
+            save_total_limit=self.config.save_total_limit)
 
 
 def episode_metrics(episodes: list[Episode]) -> dict[str, float]:

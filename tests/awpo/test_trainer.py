@@ -116,6 +116,10 @@ def test_checkpoints_load_with_from_pretrained(two_step_run):
     for name, tensor in trainer.model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     AutoTokenizer.from_pretrained(output_dir / "checkpoint-2")
+    final = AutoModelForCausalLM.from_pretrained(result.final_model)
+    assert result.final_model == str(output_dir / "final")
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(final.state_dict()[name], tensor), name
 
 
 def test_resume_from_step_one_reproduces_step_two_exactly(two_step_run, tiny_model_dir, tiny_vllm_engine,
