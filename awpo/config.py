@@ -13,9 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "multi_turn")
 
 
 class ConfigError(ValueError):
@@ -38,6 +42,9 @@ class Config:
                           "(jsonl / parquet / BFCL json) read by awpo.data.load_tasks", group="run")
     eval_dataset: str = option("builtin", "held-out tasks for the accuracy before/after training: 'builtin', "
                                "a task file, or 'none' to skip", group="run")
+    categories: str = option("", "comma-separated task categories to use (simple, multiple, parallel, "
+                             "parallel_multiple, irrelevance, multi_turn); empty: the built-in single-turn "
+                             "five, or every task of a file", group="run")
     max_train_tasks: int = option(0, "use at most this many training tasks (0: all)", low=0, group="run")
     max_eval_tasks: int = option(0, "use at most this many held-out tasks (0: all)", low=0, group="run")
     output_dir: str = option("runs/awpo", "where metrics.jsonl, the plot and the checkpoints go", group="run")
@@ -151,6 +158,13 @@ class Config:
     graded_outcome: bool = option(True, "train on the graded outcome reward (partial credit for names, "
                                   "parameters, values); accuracy is always the exact reward", group="awpo")
 
+    # ---- BFCL before / after ----------------------------------------------------------------------
+    eval_bfcl: str = option("", "BFCL categories or groups (e.g. 'non_live' or 'simple_python,irrelevance') scored "
+                            "with BFCL's own checker before and after training, as `python -m awpo.eval` does; "
+                            "empty: off", group="bfcl")
+    eval_bfcl_limit: int = option(20, "first N entries of each BFCL category (0: all)", low=0, group="bfcl")
+    eval_bfcl_max_tokens: int = option(256, "generation budget per BFCL model call", low=1, group="bfcl")
+
     # ---- logging and checkpoints ----------------------------------------------------------------
     logging_steps: int = option(1, "write metrics every N steps", low=1, group="logging")
     save_steps: int = option(10, "checkpoint every N steps (0: only at the end)", low=0, group="logging")
@@ -158,6 +172,10 @@ class Config:
     plot: bool = option(True, "write metrics.png at the end", group="logging")
 
     # ------------------------------------------------------------------------------------------
+    @property
+    def category_list(self) -> list[str]:
+        return [c.strip() for c in self.categories.split(",") if c.strip()]
+
     @property
     def effective_epsilon_high(self) -> float:
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
@@ -188,6 +206,22 @@ class Config:
                 raise ConfigError(
                     f"prompts_per_step * num_generations = {self.completions_per_step} must be a multiple of "
                     f"per_device_train_batch_size * gradient_accumulation_steps = {per_update}")
+        for name in ("dataset", "eval_dataset"):
+            value = getattr(self, name)
+            if value not in ("builtin", "none") and not Path(value).expanduser().is_file():
+                raise ConfigError(f"{name}={value!r}: no such file (use 'builtin' or a task file)")
+        if self.dataset == "none":
+            raise ConfigError("dataset='none': training needs tasks ('builtin' or a task file)")
+        unknown = sorted(set(self.category_list) - set(CATEGORIES))
+        if unknown:
+            raise ConfigError(f"categories={self.categories!r}: unknown {unknown}; known: {', '.join(CATEGORIES)}")
+        if self.eval_bfcl:
+            from .bfcl.data import resolve_categories
+
+            try:
+                resolve_categories(self.eval_bfcl)
+            except ValueError as err:
+                raise ConfigError(f"eval_bfcl={self.eval_bfcl!r}: {err}") from None
         if self.max_completion_length >= self.max_model_len:
             raise ConfigError(f"max_completion_length={self.max_completion_length} must be smaller than "
                               f"max_model_len={self.max_model_len}")
@@ -311,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m awpo.train", usage="%(prog)s [-h] [--config FILE] [--OPTION VALUE ...]",
         description="Train a tool-using LLM with AWPO. With no arguments: SmolLM2-135M-Instruct on the "
-                    "built-in tool-use tasks, vLLM rollouts, held-out accuracy before and after.",
+                    "built-in tool-use tasks, vLLM rollouts, held-out accuracy before and after. Options may be "
+                    "written with dashes or underscores (--eval-bfcl = --eval_bfcl).",
     )
     parser.add_argument("--config", metavar="FILE", help="YAML file of options (command-line options win)")
     groups = {}
@@ -328,10 +363,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def underscored(argv: list[str]) -> list[str]:
+    """`--eval-bfcl x` and `--eval-bfcl=x` mean `--eval_bfcl x`: options may be spelled either way."""
+    def fix(arg: str) -> str:
+        if not arg.startswith("--"):
+            return arg
+        name, sep, value = arg.partition("=")
+        return name.replace("-", "_").replace("__", "--", 1) + sep + value
+    return [fix(arg) for arg in argv]
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     """Defaults < --config YAML < --key value. Bad values exit with a message naming the option."""
     parser = build_parser()
-    args = vars(parser.parse_args(argv))
+    args = vars(parser.parse_args(underscored(sys.argv[1:] if argv is None else argv)))
     try:
         config_file = args.pop("config", None)
         config = from_dict(load_yaml(config_file)) if config_file else Config()

@@ -43,6 +43,8 @@ def _percent(value: float) -> str:
 
 
 def summary_lines(result) -> list[str]:
+    from .bfcl.report import comparison_table
+
     lines = []
     before, after = result.accuracy_before, result.accuracy_after
     if before and after:
@@ -54,6 +56,9 @@ def summary_lines(result) -> list[str]:
         lines.append(f"  partial credit     {_percent(before['graded']):>7} -> {_percent(after['graded']):>7}"
                      "   (graded outcome: names, parameters, values)")
         lines.append(f"  well-formed output {_percent(before['format_ok']):>7} -> {_percent(after['format_ok']):>7}")
+    if result.bfcl_comparison:
+        lines.append(f"BFCL (official checker), before (A) and after (B): {result.bfcl_comparison}")
+        lines.append(comparison_table(result.bfcl_before, result.bfcl_after).rstrip())
     lines.append(f"Metrics: {Path(result.output_dir) / 'metrics.jsonl'}" + (f", plot: {result.plot}" if result.plot else ""))
     lines.append(f"Final model: {result.final_model}   (last checkpoint: {result.last_checkpoint})")
     return lines
@@ -62,9 +67,13 @@ def summary_lines(result) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        from .config import parse_args
+        from .config import build_parser
 
-        parse_args(argv)  # prints the help and exits
+        parser = build_parser()
+        settings = [line.split("#")[0].strip() for line in DEFAULT_CONFIG.read_text().splitlines()]
+        parser.epilog = (f"Without --config, {DEFAULT_CONFIG.name} applies first (the CPU-sized default run): "
+                         + "; ".join(line for line in settings if line))
+        parser.parse_args(argv)  # prints the help and exits
     _quiet_third_party_logs()
     from .config import parse_args
 
@@ -80,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer import Trainer
 
     with logging_redirect_tqdm():
-        trainer = Trainer(config)
+        try:
+            trainer = Trainer(config)
+        except (FileNotFoundError, ValueError, RuntimeError) as err:  # bad input: a message, not a traceback
+            print(f"python -m awpo.train: error: {err}", file=sys.stderr)
+            return 2
         bar = tqdm(total=config.max_steps, initial=trainer.step, desc="AWPO", unit="step", dynamic_ncols=True)
 
         def on_step(metrics: dict) -> None:

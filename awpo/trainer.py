@@ -24,6 +24,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .advantages import AdvantageOptions, compute_advantages
+from .bfcl.during_training import bfcl_summary, write_comparison
 from .config import Config
 from .metrics import MetricsWriter, plot_metrics
 from .models import load_policy, resolve_model_path
@@ -64,26 +65,29 @@ class DataStream:
         return batch
 
 
-def load_train_tasks(config: Config) -> list:
+def load_task_set(source: str, split: str, limit: int, categories: list[str], seed: int) -> list:
+    """'builtin' -> awpo.data.builtin_tasks(split), else a task file; filtered, then cut to `limit`."""
     from .data import builtin_tasks, load_tasks
 
-    n = config.max_train_tasks or None
-    if config.dataset == "builtin":
-        return builtin_tasks("train", n=n, seed=config.seed)
-    tasks = load_tasks(config.dataset)
-    return tasks[:n] if n else tasks
+    if source == "none":
+        return []
+    if source == "builtin":
+        options = {"categories": categories} if categories else {}
+        return builtin_tasks(split, n=limit or None, seed=seed, **options)
+    tasks = load_tasks(source)
+    if categories:
+        tasks = [t for t in tasks if t.category in categories]
+    if not tasks:
+        raise ValueError(f"{source}: no tasks" + (f" in categories {categories}" if categories else ""))
+    return tasks[:limit] if limit else tasks
+
+
+def load_train_tasks(config: Config) -> list:
+    return load_task_set(config.dataset, "train", config.max_train_tasks, config.category_list, config.seed)
 
 
 def load_eval_tasks(config: Config) -> list:
-    from .data import builtin_tasks, load_tasks
-
-    n = config.max_eval_tasks or None
-    if config.eval_dataset == "none":
-        return []
-    if config.eval_dataset == "builtin":
-        return builtin_tasks("heldout", n=n, seed=config.seed)
-    tasks = load_tasks(config.eval_dataset)
-    return tasks[:n] if n else tasks
+    return load_task_set(config.eval_dataset, "heldout", config.max_eval_tasks, config.category_list, config.seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,6 +182,9 @@ class TrainResult:
     final_model: str | None = None
     plot: str | None = None
     history: list[dict] = field(default_factory=list)
+    bfcl_before: dict | None = None
+    bfcl_after: dict | None = None
+    bfcl_comparison: str | None = None
 
 
 class Trainer:
@@ -215,6 +222,7 @@ class Trainer:
         self.metrics = MetricsWriter(self.output_dir)
         self.step = 0
         self.accuracy_before: dict | None = None
+        self.bfcl_before: dict | None = None
         if resume_from:
             self._restore(resume_from)
 
@@ -266,6 +274,7 @@ class Trainer:
         self.step = int(state["step"])
         self.data.position = int(state["data_position"])
         self.accuracy_before = state.get("extra", {}).get("accuracy_before")
+        self.bfcl_before = state.get("extra", {}).get("bfcl_before")
         self.metrics.truncate_after(self.step)
         logger.info("Resumed from %s at step %d", path, self.step)
 
@@ -277,6 +286,10 @@ class Trainer:
         if self.eval_tasks and self.accuracy_before is None:
             self.accuracy_before = self.evaluate(self.eval_tasks)
             logger.info("Held-out accuracy before training: %.3f", self.accuracy_before["accuracy"])
+        if config.eval_bfcl and self.bfcl_before is None:
+            self.bfcl_before = bfcl_summary(config, self.engine, self.tokenizer, self.base_model_path,
+                                            self.output_dir, "before")
+            logger.info("BFCL accuracy before training: %.3f", self.bfcl_before["overall"]["accuracy"])
         history = []
         last_saved = None
         while self.step < config.max_steps:
@@ -296,6 +309,12 @@ class Trainer:
             logger.info("Held-out accuracy after training: %.3f", result.accuracy_after["accuracy"])
             self.metrics.write({"step": self.step, "eval/accuracy_before": self.accuracy_before["accuracy"],
                                 "eval/accuracy_after": result.accuracy_after["accuracy"]})
+        if config.eval_bfcl:
+            result.bfcl_before = self.bfcl_before
+            result.bfcl_after = bfcl_summary(config, self.engine, self.tokenizer, str(final), self.output_dir, "after")
+            result.bfcl_comparison = str(write_comparison(self.bfcl_before, result.bfcl_after, self.output_dir))
+            self.metrics.write({"step": self.step, "bfcl/accuracy_before": self.bfcl_before["overall"]["accuracy"],
+                                "bfcl/accuracy_after": result.bfcl_after["overall"]["accuracy"]})
         if config.plot:
             plot = plot_metrics(self.metrics.path, self.output_dir / "metrics.png", title=f"AWPO ({config.estimator})")
             result.plot = str(plot) if plot else None
@@ -380,7 +399,8 @@ class Trainer:
         return ckpt.save_checkpoint(
             self.output_dir, self.step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
             scheduler=self.scheduler, data_position=self.data.position, config=self.config.to_dict(),
-            extra={"accuracy_before": self.accuracy_before, "cpu_threads": self.cpu_threads},
+            extra={"accuracy_before": self.accuracy_before, "bfcl_before": self.bfcl_before,
+                   "cpu_threads": self.cpu_threads},
             save_total_limit=self.config.save_total_limit)
 
 

@@ -12,7 +12,7 @@ import string
 
 from .multiturn import multi_turn_task
 from .phrasings import CLAUSES, FRAMES, NO_TOOL_REQUESTS, REQUESTS
-from .prompts import SYSTEM_PROMPT
+from .prompts import NO_CALL_EXAMPLE, SYSTEM_PROMPT, worked_example
 from .task import CATEGORIES, SINGLE_TURN_CATEGORIES, Task
 from .tools import GENERAL_TOOLS, TOOLS, Sample, ToolSpec
 
@@ -63,7 +63,10 @@ def _make_task(category: str, split: str, seed: int, index: int) -> Task:
     if category == "multi_turn":
         return multi_turn_task(rng, split, task_id)
     request, tools, ground_truth, templates = MAKERS[category](rng, split)
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": request}]
+    example = _example_exchange(random.Random(f"awpo-builtin-example:{seed}:{split}:{index}"), split, tools,
+                                ground_truth)
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, *NO_CALL_EXAMPLE, *example,
+                {"role": "user", "content": request}]
     return Task(task_id, category, messages, tools, ground_truth, meta={"templates": templates, "split": split})
 
 
@@ -114,6 +117,28 @@ def _distinct_calls(rng, spec: ToolSpec, templates: list[str], count: int) -> tu
         if len(answers) == count:
             break
     return texts, answers, used
+
+
+def _example_exchange(rng: random.Random, split: str, offered: list[dict], ground_truth: list[dict]) -> list[dict]:
+    """One worked example: a request for one of the offered tools, with other values than any
+    ground-truth call, and its answer (see ``prompts.py`` for why)."""
+    spec = TOOLS[rng.choice(offered)["name"]]
+    for _ in range(32):
+        template = rng.choice(REQUESTS[spec.name][split])
+        sample = spec.sample(rng)
+        mentioned = mentioned_params(template)
+        arguments = {p: sample.values[p] for p in spec.doc["parameters"]["properties"] if p in mentioned}
+        if not any(_satisfies(spec.name, arguments, answer) for answer in ground_truth):
+            break
+    return worked_example(template.format(**sample.text), spec.name, arguments)
+
+
+def _satisfies(name: str, arguments: dict, answer: dict) -> bool:
+    """Whether a call would pass as ``answer`` (so an example never shows a task's own answer)."""
+    if name not in answer:
+        return False
+    return all(arguments[p] in acceptable if p in arguments else "" in acceptable
+               for p, acceptable in answer[name].items())
 
 
 # ----------------------------------------------------------------------------------------------

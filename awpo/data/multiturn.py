@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 
 from ..envs import FileSystemEnv
-from .prompts import MULTI_TURN_NOTE, SYSTEM_PROMPT
+from .prompts import DICE_EXAMPLE, DICE_TOOL, MULTI_TURN_NOTE, SYSTEM_PROMPT
 from .task import Task
 
 FOLDERS = ["documents", "projects", "photos", "archive", "music", "recipes"]
@@ -57,8 +57,9 @@ def multi_turn_task(rng: random.Random, split: str, task_id: str) -> Task:
         texts.append(_capitalise(template.format(**slots)))
         turns.append(calls)
         templates.append(template)
-    messages = [{"role": "system", "content": SYSTEM_PROMPT + MULTI_TURN_NOTE}, {"role": "user", "content": texts[0]}]
-    return Task(task_id, "multi_turn", messages, FileSystemEnv().tools(), turns, env=FileSystemEnv.name,
+    messages = [{"role": "system", "content": SYSTEM_PROMPT + MULTI_TURN_NOTE}, *DICE_EXAMPLE,
+                {"role": "user", "content": texts[0]}]
+    return Task(task_id, "multi_turn", messages, [*FileSystemEnv().tools(), DICE_TOOL], turns, env=FileSystemEnv.name,
                 env_state=initial, user_turns=texts[1:], meta={"templates": templates, "split": split})
 
 

@@ -37,7 +37,7 @@ class VLLMEngine:
 
         self.on_cuda = torch.cuda.is_available()
         options = dict(model=model_path, seed=seed, dtype=dtype, max_model_len=max_model_len,
-                       logprobs_mode="processed_logprobs",
+                       logprobs_mode="processed_logprobs", use_tqdm_on_load=False,
                        enforce_eager=(not self.on_cuda) if enforce_eager is None else enforce_eager)
         if self.on_cuda:
             options["gpu_memory_utilization"] = gpu_memory_utilization

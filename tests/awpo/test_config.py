@@ -49,6 +49,9 @@ def test_yaml_then_command_line_override(tmp_path):
       "--gradient_accumulation_steps", "2"], "must be a multiple of"),
     (["--max_completion_length", "4096", "--max_model_len", "2048"], "must be smaller than max_model_len"),
     (["--no_such_option", "1"], "unrecognized arguments"),
+    (["--dataset", "/no/such/tasks.jsonl"], "dataset='/no/such/tasks.jsonl': no such file"),
+    (["--eval_dataset", "missing.parquet"], "eval_dataset='missing.parquet': no such file"),
+    (["--categories", "simple,bogus"], "categories='simple,bogus': unknown ['bogus']"),
 ])
 def test_bad_values_fail_at_start_up_naming_the_option(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -101,3 +104,22 @@ def test_derived_batch_sizes():
     config = Config(prompts_per_step=4, num_generations=6, per_device_train_batch_size=4,
                     gradient_accumulation_steps=3).validate()
     assert config.micro_batches_per_optimizer_step == 3 and config.optimizer_steps_per_iteration == 2
+
+
+def test_cli_reports_a_missing_model_without_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "awpo.train", "--model", str(tmp_path / "nope"),
+                             "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "error: --model" in result.stderr and "no such model directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_options_may_be_spelled_with_dashes():
+    config = parse_args(["--eval-bfcl", "non_live", "--eval-bfcl-limit=5", "--max-steps", "3"])
+    assert (config.eval_bfcl, config.eval_bfcl_limit, config.max_steps) == ("non_live", 5, 3)
+
+
+def test_unknown_bfcl_category_fails_at_start_up(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--eval_bfcl", "simple_python,nonsense"])
+    assert "eval_bfcl='simple_python,nonsense'" in capsys.readouterr().err

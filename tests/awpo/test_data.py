@@ -12,7 +12,9 @@ import pytest
 from awpo.data import SYSTEM_PROMPT, TOOLS, builtin_tasks, load_tasks, save_tasks
 from awpo.data.builtin import CATEGORY_WEIGHTS, mentioned_params
 from awpo.data.phrasings import CLAUSES, FRAMES, NO_TOOL_REQUESTS, REQUESTS
+from awpo.data.prompts import DICE_TOOL, NO_CALL_EXAMPLE
 from awpo.data.tools import GENERAL_TOOLS
+from awpo.envs import FileSystemEnv
 from awpo.rewards import outcome_reward, reference_calls, validate_ground_truth
 from awpo.toolcall import format_tool_calls, render_prompt
 
@@ -77,12 +79,23 @@ def test_category_mix_follows_weights(train):
 def test_shapes_and_ground_truths(train, heldout):
     for task in train + heldout:
         assert task.messages[0] == {"role": "system", "content": task.messages[0]["content"]}
-        assert task.messages[0]["content"].count("</tool_call>") == 1  # exactly one in-context example
-        assert task.messages[-1]["role"] == "user"
         names = [tool["name"] for tool in task.tools]
         assert len(names) == len(set(names))
         if task.category == "multi_turn":
+            assert [m["role"] for m in task.messages] == ["system", "user", "assistant", "user"]
+            example = task.messages[2]["tool_calls"][0]["function"]
+            assert example["name"] == DICE_TOOL["name"] and DICE_TOOL in task.tools
+            assert DICE_TOOL["name"] not in TOOLS and DICE_TOOL["name"] not in [t["name"] for t in FileSystemEnv().tools()]
             continue
+        # two worked examples: a request no tool fits, answered without a call, then a call of an
+        # offered tool that never carries a ground-truth answer
+        assert [m["role"] for m in task.messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+        assert task.messages[1:3] == NO_CALL_EXAMPLE and "tool_calls" not in task.messages[2]
+        assert task.messages[1]["content"] not in NO_TOOL_REQUESTS["train"] + NO_TOOL_REQUESTS["heldout"]
+        example = task.messages[4]["tool_calls"][0]["function"]
+        assert example["name"] in names
+        example_text = "<think>ok</think>\n" + format_tool_calls([example])
+        assert all(outcome_reward(example_text, [answer], tools=task.tools) == 0.0 for answer in task.ground_truth)
         validate_ground_truth(task.ground_truth)
         called = [next(iter(entry)) for entry in task.ground_truth]
         assert set(called) <= set(names)
@@ -160,9 +173,10 @@ def test_single_turn_prompts_fit_the_cpu_budget_with_the_smollm2_tokenizer():
         assert prompt.count("<tools>") == 1 and SYSTEM_PROMPT in prompt
         lengths[task.category].append(len(tokenizer(prompt)["input_ids"]))
     everything = [n for values in lengths.values() for n in values]
-    assert max(everything) <= 480, {c: max(v) for c, v in lengths.items()}
-    assert sum(everything) / len(everything) <= 330
-    assert sum(lengths["simple"]) / len(lengths["simple"]) <= 260
+    # the two worked-example exchanges cost ~100 tokens a prompt (measured: max 579, mean 352, simple 305)
+    assert max(everything) <= 600, {c: max(v) for c, v in lengths.items()}
+    assert sum(everything) / len(everything) <= 365
+    assert sum(lengths["simple"]) / len(lengths["simple"]) <= 315
 
 
 # ---------------------------------------------------------------------------- loaders

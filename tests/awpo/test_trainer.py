@@ -13,11 +13,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import awpo_kernels as ak
 from awpo import trainer as trainer_module
 from awpo.checkpoint import latest_checkpoint, list_checkpoints, load_trainer_state
 from awpo.config import Config, ConfigError
 from awpo.data import Task
-from awpo.policy_update import RolloutBatch, UpdateOptions, token_logprobs, pack, update_policy
+from awpo.policy_update import (RolloutBatch, UpdateOptions, last_hidden_states, lm_head_weight, pack,
+                                token_logprobs, update_policy)
 from awpo.rollout.multiturn import RolloutOptions, run_episodes
 from awpo.scoring import EpisodeScores
 from awpo.trainer import DataStream, Trainer
@@ -230,8 +232,6 @@ def test_shared_prompt_packing_matches_separate_sequences(tiny_model_dir):
     def logprobs_and_grad(share, indices):
         model.zero_grad()
         micro = pack(batch, indices, "cpu", share_prompts=share)
-        from awpo.policy_update import last_hidden_states, lm_head_weight
-        import awpo_kernels as ak
         hidden = last_hidden_states(model, micro)
         logp = ak.linear_logprobs(hidden, lm_head_weight(model), micro.targets).logprobs
         (logp * torch.linspace(0.5, 1.5, logp.numel())).sum().backward()
@@ -245,3 +245,26 @@ def test_shared_prompt_packing_matches_separate_sequences(tiny_model_dir):
         torch.testing.assert_close(shared_grad[name], flat_grad[name], atol=1e-5, rtol=1e-4)
     separate = torch.cat([token_logprobs(model, pack(batch, [i], "cpu"), 1.0)[0] for i in range(5)])
     torch.testing.assert_close(shared_lp, separate, atol=1e-5, rtol=0)
+
+
+def test_eval_bfcl_scores_the_policy_before_and_after_with_bfcls_checker(tiny_model_dir, tiny_vllm_engine, tmp_path):
+    """`--eval-bfcl`: real generation through the trainer's engine, BFCL's own checker, both tables."""
+    output_dir = tmp_path / "run"
+    trainer = make_trainer(tiny_model_dir, tiny_vllm_engine, output_dir, max_steps=1, save_steps=0,
+                           eval_bfcl="irrelevance,simple_python", eval_bfcl_limit=2, eval_bfcl_max_tokens=8)
+    result = trainer.train()
+
+    for label, summary in (("before", result.bfcl_before), ("after", result.bfcl_after)):
+        assert list(summary["results"]) == ["irrelevance", "simple_python"] and summary["limit"] == 2
+        for category, scores in summary["results"].items():
+            assert scores["total"] == 2 and scores["generation_errors"] == 0, (label, category, scores)
+        written = json.loads((output_dir / f"bfcl-{label}" / "bfcl_results.json").read_text())
+        assert written["results"] == summary["results"]
+        assert all(entry["id"].startswith("simple_python") for entry in written["entries"]["simple_python"])
+    # junk from a random model: BFCL's checker rejects every simple_python answer
+    assert result.bfcl_after["results"]["simple_python"]["correct"] == 0
+    assert result.bfcl_before["model"] == tiny_model_dir and result.bfcl_after["model"] == result.final_model
+    table = (output_dir / "bfcl_comparison.md").read_text()
+    assert "| irrelevance |" in table and "| simple_python |" in table and "| **overall** |" in table
+    # the "before" scores travel in the checkpoint, so a resumed run compares against the true base
+    assert load_trainer_state(latest_checkpoint(output_dir))["extra"]["bfcl_before"] == result.bfcl_before
