@@ -204,6 +204,7 @@ class Trainer:
         resume_from = ckpt.resolve_resume(config.resume, self.output_dir)
         self.base_model_path = resolve_model_path(config.model)
         model_path = str(resume_from) if resume_from else self.base_model_path
+        self.start_model_path = model_path  # the weights the "before" evaluations score
 
         self.cpu_threads = self._choose_cpu_threads(resume_from)
         seed_everything(config.seed)
@@ -287,7 +288,7 @@ class Trainer:
             self.accuracy_before = self.evaluate(self.eval_tasks)
             logger.info("Held-out accuracy before training: %.3f", self.accuracy_before["accuracy"])
         if config.eval_bfcl and self.bfcl_before is None:
-            self.bfcl_before = bfcl_summary(config, self.engine, self.tokenizer, self.base_model_path,
+            self.bfcl_before = bfcl_summary(config, self.engine, self.tokenizer, self.start_model_path,
                                             self.output_dir, "before")
             logger.info("BFCL accuracy before training: %.3f", self.bfcl_before["overall"]["accuracy"])
         history = []
