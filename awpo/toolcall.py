@@ -288,8 +288,8 @@ def hermes_system_prompt(tools: list[dict], *, with_format: bool = True) -> str:
 def with_tool_system_prompt(messages: list[dict], tools: list[dict]) -> list[dict]:
     """The messages with the Hermes tool listing put in front of (or as) the system message.
 
-    The call format is spelled out unless the system message already contains a ``<tool_call>``
-    example (the built-in tasks' one-shot example), which saves prompt tokens.
+    The call format is spelled out unless the system message already mentions ``<tool_call>`` (the
+    built-in tasks' does, and their worked example exchanges show the format), which saves prompt tokens.
     """
     has_system = bool(messages) and messages[0].get("role") == "system"
     shows_format = has_system and CALL_OPEN in str(messages[0].get("content", ""))

@@ -75,7 +75,7 @@ def _run_single_turn(bfcl, generate_fn, category, limit, batch_size, progress) -
     entries = bfcl.load_entries(category, limit=limit)
     bar = _progress_bar(progress, len(entries), category)
     records: dict[str, dict] = {}
-    scored_items = []
+    scored_items, outputs = [], {}
     for start in range(0, len(entries), batch_size):
         batch = entries[start:start + batch_size]
         requests = [GenerationRequest(entry_id=e["id"], category=category, messages=e["question"][0],
@@ -85,10 +85,11 @@ def _run_single_turn(bfcl, generate_fn, category, limit, batch_size, progress) -
                 records[entry["id"]] = _generation_failure(entry["id"], outcome.error)
             else:
                 scored_items.append({"id": entry["id"], "result": outcome.text})
+                outputs[entry["id"]] = outcome.text
         if bar is not None:
             bar.update(len(batch))
     for verdict in bfcl.score(category, scored_items):
-        records[verdict["id"]] = _record(verdict)
+        records[verdict["id"]] = _record(verdict, outputs[verdict["id"]])
     if bar is not None:
         bar.close()
     return [records[entry["id"]] for entry in entries]
@@ -107,15 +108,17 @@ def _run_multi_turn(bfcl, generate_fn, category, limit, max_concurrency, progres
         bar.close()
     records = {e["id"]: _generation_failure(e["id"], e["error"]) for e in episodes if e["error"] is not None}
     items = [{"id": e["id"], "result": e["result"]} for e in episodes if e["error"] is None]
+    outputs = {item["id"]: item["result"] for item in items}
     for verdict in bfcl.score(category, items):
-        records[verdict["id"]] = _record(verdict)
+        records[verdict["id"]] = _record(verdict, outputs[verdict["id"]])
     return [records[e["id"]] for e in episodes]
 
 
 def _generation_failure(entry_id: str, reason: str) -> dict:
-    return {"id": entry_id, "valid": False, "error_type": GENERATION_ERROR, "error": [reason]}
+    return {"id": entry_id, "valid": False, "error_type": GENERATION_ERROR, "error": [reason], "output": None}
 
 
-def _record(verdict: dict) -> dict:
+def _record(verdict: dict, output) -> dict:
+    """BFCL's verdict and what the model wrote (text; per turn and step lists for multi-turn)."""
     return {"id": verdict["id"], "valid": bool(verdict["valid"]), "error_type": verdict.get("error_type"),
-            "error": verdict.get("error")}
+            "error": verdict.get("error"), "output": output}

@@ -60,6 +60,7 @@ def test_cli_end_to_end_with_a_tiny_model_on_vllm(long_context_tiny_model, tmp_p
     # junk output: no AST category can be right, so their verdicts come from BFCL's checker
     failed = result["entries"]["simple_python"][0]
     assert not failed["valid"] and failed["error_type"] and failed["error_type"] != "generation_error"
+    assert isinstance(failed["output"], str) and failed["output"]  # what the model wrote, for diagnosis
     assert result["entries"]["multi_turn_base"][0]["error_type"].startswith("multi_turn:")
 
 
