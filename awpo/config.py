@@ -18,8 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "multi_turn")
+from .data.task import CATEGORIES
 
 
 class ConfigError(ValueError):

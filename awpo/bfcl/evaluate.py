@@ -75,7 +75,7 @@ def _run_single_turn(bfcl, generate_fn, category, limit, batch_size, progress) -
     entries = bfcl.load_entries(category, limit=limit)
     bar = _progress_bar(progress, len(entries), category)
     records: dict[str, dict] = {}
-    scored_items, outputs = [], {}
+    scored_items = []
     for start in range(0, len(entries), batch_size):
         batch = entries[start:start + batch_size]
         requests = [GenerationRequest(entry_id=e["id"], category=category, messages=e["question"][0],
@@ -85,11 +85,9 @@ def _run_single_turn(bfcl, generate_fn, category, limit, batch_size, progress) -
                 records[entry["id"]] = _generation_failure(entry["id"], outcome.error)
             else:
                 scored_items.append({"id": entry["id"], "result": outcome.text})
-                outputs[entry["id"]] = outcome.text
         if bar is not None:
             bar.update(len(batch))
-    for verdict in bfcl.score(category, scored_items):
-        records[verdict["id"]] = _record(verdict, outputs[verdict["id"]])
+    _add_verdicts(records, bfcl.score(category, scored_items), scored_items)
     if bar is not None:
         bar.close()
     return [records[entry["id"]] for entry in entries]
@@ -108,14 +106,18 @@ def _run_multi_turn(bfcl, generate_fn, category, limit, max_concurrency, progres
         bar.close()
     records = {e["id"]: _generation_failure(e["id"], e["error"]) for e in episodes if e["error"] is not None}
     items = [{"id": e["id"], "result": e["result"]} for e in episodes if e["error"] is None]
-    outputs = {item["id"]: item["result"] for item in items}
-    for verdict in bfcl.score(category, items):
-        records[verdict["id"]] = _record(verdict, outputs[verdict["id"]])
+    _add_verdicts(records, bfcl.score(category, items), items)
     return [records[e["id"]] for e in episodes]
 
 
 def _generation_failure(entry_id: str, reason: str) -> dict:
     return {"id": entry_id, "valid": False, "error_type": GENERATION_ERROR, "error": [reason], "output": None}
+
+
+def _add_verdicts(records: dict, verdicts: list[dict], items: list[dict]) -> None:
+    outputs = {item["id"]: item["result"] for item in items}
+    for verdict in verdicts:
+        records[verdict["id"]] = _record(verdict, outputs[verdict["id"]])
 
 
 def _record(verdict: dict, output) -> dict:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 import string
 
+from ..rewards.outcome import check_call
+from ..toolcall import ToolCall
 from .multiturn import multi_turn_task
 from .phrasings import CLAUSES, FRAMES, NO_TOOL_REQUESTS, REQUESTS
 from .prompts import NO_CALL_EXAMPLE, SYSTEM_PROMPT, worked_example
@@ -128,17 +130,10 @@ def _example_exchange(rng: random.Random, split: str, offered: list[dict], groun
         sample = spec.sample(rng)
         mentioned = mentioned_params(template)
         arguments = {p: sample.values[p] for p in spec.doc["parameters"]["properties"] if p in mentioned}
-        if not any(_satisfies(spec.name, arguments, answer) for answer in ground_truth):
-            break
+        call = ToolCall(spec.name, arguments)
+        if not any(check_call(call, *next(iter(answer.items())), spec.doc).exact for answer in ground_truth):
+            break  # never a task's own answer
     return worked_example(template.format(**sample.text), spec.name, arguments)
-
-
-def _satisfies(name: str, arguments: dict, answer: dict) -> bool:
-    """Whether a call would pass as ``answer`` (so an example never shows a task's own answer)."""
-    if name not in answer:
-        return False
-    return all(arguments[p] in acceptable if p in arguments else "" in acceptable
-               for p, acceptable in answer[name].items())
 
 
 # ----------------------------------------------------------------------------------------------
