@@ -91,7 +91,7 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
 
     hidden [..., H], weight [V, H], targets [...] -> LogprobsOutput(logprobs [...], entropy [...] or None),
     differentiable w.r.t. hidden and weight. `chunk_size` = token rows per chunk (default: a chunk of
-    fp32 logits stays within 256 MiB on CPU, 1 GiB on GPU). `backend`: see `_runtime.resolve_backend`.
+    fp32 logits stays within 128 MiB on CPU, 1 GiB on GPU). `backend`: see `_runtime.resolve_backend`.
     """
     check_lm_head(hidden, weight, targets)
     check_positive("temperature", temperature)
