@@ -7,9 +7,10 @@ and the per-group diagnostics. Nothing leaves the device: the clipped fraction i
 the per-group counts in torch.
 
 The option choices (estimator, gate, ...) are constexprs because they change the code path; every
-numeric hyper-parameter is a runtime argument, so changing it never recompiles. The kernel computes
-in the output dtype (float32, or float64 for float64 inputs) and uses only plain pointer arithmetic
-and masks, so it runs on triton 3.6 and 3.9, on CUDA and under TRITON_INTERPRET=1.
+numeric hyper-parameter is a runtime argument, so changing it never recompiles. Compiled Triton passes
+Python floats as fp32 scalars, so `group_advantages` sends float64 inputs to the torch path and this
+kernel computes in float32 (the output dtype). It uses only plain pointer arithmetic and masks, so it
+runs on triton 3.6 and 3.9, on CUDA and under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 

@@ -102,6 +102,7 @@ def run_chunks(hidden: torch.Tensor, weight: torch.Tensor, plan: ChunkPlan, *, b
         if weight_acc is not None:
             gemms.accumulate_grad_weight(weight_acc, dz, hidden_chunk)
     if weight_acc is not None:
+        workspace = buffers = dz = None  # free the logits chunk before the cast allocates the output
         results.grad_weight = weight_acc.to(weight.dtype)  # the one cast (none for fp32 weights)
     return results
 

@@ -19,6 +19,10 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+# Where torch.addmm cannot accumulate bf16 products into an fp32 tensor, the weight gradient adds fp32
+# products of this many bytes at a time (a bounded temporary instead of a [V, H] fp32 one per chunk).
+FALLBACK_PRODUCT_BYTES = 256 * 2**20
+
 
 @functools.lru_cache(maxsize=None)
 def _mixed_gemms_available(device: str, dtype: torch.dtype) -> tuple[bool, bool]:
@@ -78,5 +82,8 @@ class LmHeadGemms:
             grad_weight.addmm_(dz.T, h)
         elif self.mixed_accumulate:
             torch.addmm(grad_weight, dz.T, h, out_dtype=torch.float32, out=grad_weight)
-        else:  # older torch: a [V, H] fp32 temporary per chunk, still never a bf16 accumulation
-            grad_weight.add_(torch.mm(dz.T, h, out_dtype=torch.float32))
+        else:  # addmm cannot accumulate into fp32 here: fp32 products of a few vocabulary rows at a time
+            rows = max(1, FALLBACK_PRODUCT_BYTES // (4 * grad_weight.shape[1]))
+            for start in range(0, grad_weight.shape[0], rows):
+                stop = start + rows
+                grad_weight[start:stop].add_(torch.mm(dz.T[start:stop], h, out_dtype=torch.float32))

@@ -2,7 +2,8 @@
 
 SPEC.md section 2. Public op: `group_advantages`. Backends: `triton` (CUDA default; on CPU only under
 TRITON_INTERPRET=1) runs one program per group (`_advantages_triton.py`); `torch` (CPU default) is the
-same algorithm vectorised over groups [P, G]; `reference` runs `reference.py`. Neither fast path
+same algorithm vectorised over groups [P, G] (and the path of float64 inputs on every backend: compiled
+Triton rounds Python-float hyper-parameters to fp32); `reference` runs `reference.py`. Neither fast path
 synchronises with the host; the value checks do (one sync), see `_runtime.values_checked`.
 
 Both fast paths centre each group on one of its members before averaging, so a group of equal values
@@ -47,7 +48,9 @@ def group_advantages(
     if chosen == "reference":
         return reference.group_advantages(outcome, reasoning, **options)
     dtype = reference.compute_dtype(outcome, reasoning)
-    if chosen == "triton" and outcome.numel() > 0:  # an empty grid is not a launch
+    # Compiled Triton passes Python floats as fp32 scalars, so float64 hyper-parameters would be rounded:
+    # float64 inputs (tests, debugging) run the torch path on every backend, as the LM-head ops do.
+    if chosen == "triton" and outcome.numel() > 0 and dtype != torch.float64:  # an empty grid is not a launch
         from ._advantages_triton import group_advantages_triton  # imported late: TRITON_INTERPRET is read then
         return group_advantages_triton(outcome, reasoning, dtype=dtype, **options)
     return _group_advantages_torch(outcome, reasoning, dtype=dtype, **options)

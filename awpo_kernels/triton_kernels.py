@@ -9,7 +9,8 @@ owns BLOCK_ROWS rows and walks the vocabulary in BLOCK_V blocks, twice:
             or given (the backward of `linear_logprobs`);
     pass 2  dz = (c (onehot - p) - e p (log p + H)) / T written over the logits in place, in the
             dtype of the backward GEMMs (bf16 dz lands in the first half of each fp32 row's bytes, so
-            a program only ever touches its own rows).
+            a program only ever touches its own rows; a barrier per block orders its warps' loads
+            before their stores).
 
 Hyper-parameters (temperature, eps, delta, beta, entropy_coef) are runtime scalars; constexprs are
 block sizes and flags that change the code (optional inputs, KL type, IS level). The kernels use only
@@ -114,14 +115,22 @@ def _online_softmax_stats(z_rows, in_range, vocab, inv_temperature, BLOCK_ROWS: 
 
 @triton.jit
 def _write_dlogits(z_rows, dz_rows, in_range, valid, safe_targets, lse, entropy, coef, entropy_grad, vocab,
-                   inv_temperature, BLOCK_ROWS: tl.constexpr, BLOCK_V: tl.constexpr, ENTROPY_GRAD: tl.constexpr):
-    """dz = (c (onehot - p) - e p (log p + H)) / T over the vocabulary, over the logits in place."""
+                   inv_temperature, BLOCK_ROWS: tl.constexpr, BLOCK_V: tl.constexpr, ENTROPY_GRAD: tl.constexpr,
+                   NARROW_DZ: tl.constexpr):
+    """dz = (c (onehot - p) - e p (log p + H)) / T over the vocabulary, over the logits in place.
+
+    NARROW_DZ (bf16/fp16 dz over fp32 z): dz column j lands in the bytes of z column j // 2, which another
+    warp of this program may not have loaded yet, so every warp loads its block before any warp stores.
+    Later blocks start past every byte stored so far: one barrier per block is enough.
+    """
     c = coef * inv_temperature
     e = entropy_grad * inv_temperature
     for start in range(0, vocab, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         mask = in_range[:, None] & (cols < vocab)[None, :]
         z = tl.load(z_rows[:, None] + cols[None, :], mask=mask, other=0.0) * inv_temperature
+        if NARROW_DZ:
+            tl.debug_barrier()
         log_p = tl.where(mask, z - lse[:, None], 0.0)  # finite off the row end (never stored)
         p = tl.exp(log_p)
         dz = -c[:, None] * p
@@ -140,7 +149,7 @@ def _lm_head_epilogue_kernel(
     BLOCK_ROWS: tl.constexpr, BLOCK_V: tl.constexpr, STATS_GIVEN: tl.constexpr, SAVE_LSE: tl.constexpr,
     NEED_ENTROPY: tl.constexpr, ENTROPY_GRAD: tl.constexpr, COEFFICIENTS: tl.constexpr,
     SEQUENCE_LEVEL: tl.constexpr, HAS_OLD: tl.constexpr, HAS_DELTA: tl.constexpr, KL_TYPE: tl.constexpr,
-    HAS_IS_WEIGHTS: tl.constexpr,
+    HAS_IS_WEIGHTS: tl.constexpr, NARROW_DZ: tl.constexpr,
 ):
     """COEFFICIENTS: 0 = forward only, 1 = given (coef_ptr, entropy_grad_ptr), 2 = the policy loss's."""
     local = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
@@ -185,7 +194,7 @@ def _lm_head_epilogue_kernel(
                 SEQUENCE_LEVEL, HAS_OLD, HAS_DELTA, KL_TYPE, HAS_IS_WEIGHTS)
         dz_rows = dz_ptr + local.to(tl.int64) * dz_stride
         _write_dlogits(z_rows, dz_rows, in_range, valid, safe_targets, lse, entropy, coef, entropy_grad, vocab,
-                       inv_temperature, BLOCK_ROWS, BLOCK_V, ENTROPY_GRAD)
+                       inv_temperature, BLOCK_ROWS, BLOCK_V, ENTROPY_GRAD, NARROW_DZ)
 
 
 # ----------------------------------------------------------------------------- policy_loss coefficients
@@ -277,7 +286,8 @@ class TritonEpilogue:
         _lm_head_epilogue_kernel[grid](
             z, z.stride(0), dz, dz.stride(0), self.plan.targets, *self.outputs, *self.pointers,
             rows.start, n_rows, vocab, self.plan.inv_temperature, *self.scalars,
-            BLOCK_ROWS=block_rows, BLOCK_V=block_v, num_warps=num_warps, **self.flags)
+            BLOCK_ROWS=block_rows, BLOCK_V=block_v, num_warps=num_warps,
+            NARROW_DZ=self.write_grad and dz.dtype != z.dtype, **self.flags)
         return dz if self.write_grad else None
 
 

@@ -126,6 +126,8 @@ def test_without_reasoning_matches_reference(adv_backend, estimator, gate):
     options = dict(group_size=5, estimator=estimator, gate=gate, clip_shrink=0.5)
     ref = reference.group_advantages(outcome, None, **options)
     assert_matches_reference(run(adv_backend, outcome, None, **options), ref, atol=1e-9, rtol=1e-9)
+    ref32 = reference.group_advantages(outcome.float().to(f64), None, **options)
+    assert_matches_reference(run(adv_backend, outcome.float(), None, **options), ref32, atol=1e-5, rtol=1e-5)
 
 
 def test_half_precision_inputs_give_float32(adv_backend):
@@ -321,6 +323,22 @@ def test_fewer_than_two_valid_scores_give_no_reasoning_term(adv_backend):
 def test_empty_batch(adv_backend):
     out = run(adv_backend, torch.zeros(0, dtype=f64), torch.zeros(0, dtype=f64), group_size=4)
     assert out.advantages.shape == (0,) and out.gate.shape == (0,)
+
+
+@pytest.mark.parametrize("adv_backend", [p for p in BACKENDS if p.id != "torch"])
+def test_float64_runs_the_torch_path_and_float32_the_kernel(adv_backend, monkeypatch):
+    """Compiled Triton would round float64 hyper-parameters to fp32: float64 inputs never reach the kernel."""
+    from awpo_kernels import _advantages_triton
+    launched = []
+    launcher = _advantages_triton.group_advantages_triton
+    monkeypatch.setattr(_advantages_triton, "group_advantages_triton",
+                        lambda *a, **k: launched.append(k["dtype"]) or launcher(*a, **k))
+    outcome, reasoning = random_batch(4, 5, seed=12)
+    exact = run(adv_backend, outcome, reasoning, group_size=5, epsilon_low=0.1 + 1e-12)
+    assert launched == [] and exact.epsilon_low.dtype == f64
+    assert (exact.epsilon_low == 0.1 + 1e-12).all()  # clip_shrink = 0: exactly the option, unrounded
+    run(adv_backend, outcome.float(), reasoning.float(), group_size=5)
+    assert launched == [torch.float32]
 
 
 # ----------------------------------------------------------------------------- bad input
