@@ -16,5 +16,7 @@ setup(
         # the trainer on a CUDA machine
         "train-cuda": ["transformers>=4.56", "vllm", "pyyaml", "tqdm", "matplotlib"],
         "test": ["pytest", "pytest-benchmark"],
+        # the benchmarks' optional baseline (the Liger row of benchmarks/RESULTS.md)
+        "bench": ["pytest-benchmark", "liger-kernel==0.8.5"],
     },
 )

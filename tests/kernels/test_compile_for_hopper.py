@@ -4,11 +4,15 @@ The interpreter runs the kernels' semantics on CPU but never lowers them: a type
 a layout it cannot lower or a missing barrier would only show on a GPU. `triton.compile` with an
 explicit target runs the real pipeline here (Triton IR -> LLVM -> PTX -> ptxas cubin, with the ptxas
 shipped in the triton wheel). The variants cover every value of every constexpr flag at least once.
-This proves the kernels build; their numbers are checked by the interpreter and CUDA suites.
+The epilogue builds must not spill registers to local memory (read with the wheel's cuobjdump). This
+proves the kernels build; their numbers are checked by the interpreter and CUDA suites.
 """
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import tempfile
 
 import pytest
 
@@ -44,6 +48,18 @@ def compile_for_hopper(kernel, constexprs: dict, num_warps: int, pointers: dict 
     return triton.compile(source, target=HOPPER, options={"num_warps": num_warps})
 
 
+def resource_usage(compiled) -> dict:
+    """Registers, stack and local (spill) bytes of the cubin, read by the wheel's own cuobjdump."""
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        text = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True,
+                              check=True).stdout
+    return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text)}
+
+
 # ----------------------------------------------------------------------------- LM-head epilogue
 
 def epilogue_flags(coefficients=2, stats_given=False, entropy=True, sequence_level=False, has_old=True,
@@ -72,7 +88,11 @@ def test_lm_head_epilogue_compiles_for_hopper(flags):
     dz = "*bf16" if flags["NARROW_DZ"] else "*fp32"
     compiled = compile_for_hopper(triton_kernels._lm_head_epilogue_kernel, flags, num_warps=8,
                                   pointers={"dz_ptr": dz})
-    assert ".target sm_90" in compiled.asm["ptx"] and compiled.asm["cubin"]
+    assert ".target sm_90" in compiled.asm["ptx"]
+    usage = resource_usage(compiled)
+    # 8 warps x 32 threads: 255 registers would still launch, but spills to local memory would slow the
+    # one pass over every logit that this kernel is.
+    assert 0 < usage["REG"] <= 128 and usage["STACK"] == 0 and usage["LOCAL"] == 0, usage
 
 
 def test_narrow_dlogits_wait_for_every_warp_before_storing():
