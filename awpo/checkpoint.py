@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -179,6 +180,26 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step a checkpoint holds: from its name `checkpoint-<step>`, else from its trainer_state.json."""
+    path = Path(path)
+    match = _CHECKPOINT_RE.match(path.name)
+    if match:
+        return int(match.group(1))
+    return int(json.loads((path / STATE_JSON).read_text())["step"])
+
+
+def checkpoints_after(output_dir: str | os.PathLike, step: int | None) -> list[Path]:
+    """The checkpoints in `output_dir` newer than `step` (all of them when `step` is None)."""
+    return [path for path in list_checkpoints(output_dir) if step is None or checkpoint_step(path) > step]
+
+
+def remove_checkpoints(paths) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+        logger.info("Removed checkpoint %s", path)
+
+
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     checkpoints = list_checkpoints(output_dir)
     return checkpoints[-1] if checkpoints else None
@@ -186,9 +207,7 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 
 def prune_checkpoints(output_dir: str | os.PathLike, keep: int) -> None:
     checkpoints = list_checkpoints(output_dir)
-    for path in checkpoints[:-keep] if keep > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
-        logger.info("Removed old checkpoint %s", path)
+    remove_checkpoints(checkpoints[:-keep] if keep > 0 else [])
 
 
 def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
@@ -207,12 +226,18 @@ def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
 
 
 def load_trainer_state(path: str | os.PathLike) -> dict:
-    """The `trainer_state.pt` of a checkpoint (plain tensors and numbers: loaded with weights_only)."""
-    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+    """The `trainer_state.pt` of a checkpoint (plain tensors and numbers: loaded with weights_only).
+    An unreadable file (disk corruption, a foreign file) raises ValueError naming the checkpoint."""
+    try:
+        return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); resume from "
+                         f"an earlier checkpoint with --resume DIR") from err
 
 
 def restore_training_state(state: dict, *, optimizer, scheduler) -> None:
-    """Optimizer, scheduler and RNG states from `load_trainer_state` (the model loads from the dir)."""
+    """Optimizer and scheduler states from `load_trainer_state` (the model loads from the dir). The RNG
+    states are restored separately (`restore_rng_state(state["rng"])`), after anything that reseeds the
+    generators, such as starting vLLM."""
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    restore_rng_state(state["rng"])

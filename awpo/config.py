@@ -62,6 +62,10 @@ class Config:
                                  group="run")
     resume: str = option("", "'' (fresh run), 'latest' (newest checkpoint in output_dir) or a checkpoint "
                          "directory", group="run")
+    overwrite_output_dir: bool = option(False, "let a fresh run delete the checkpoints, final model and "
+                                        "metrics already in output_dir (and a resumed run the checkpoints "
+                                        "newer than its own); without it such a run stops with an error",
+                                        group="run")
 
     # ---- steps and batches ------------------------------------------------------------------
     max_steps: int = option(30, "training steps; each rolls out prompts_per_step x num_generations "
@@ -108,9 +112,9 @@ class Config:
                          group="loss")
     kl_type: str = option("k3", "KL estimator", choices=("k1", "k2", "k3"), group="loss")
     epsilon: float = option(0.2, "PPO clip, lower side (and upper side unless epsilon_high)", low=0.0,
-                            group="loss")
+                            low_open=True, group="loss")
     epsilon_high: typing.Optional[float] = option(None, "PPO clip, upper side (DAPO clip-higher); "
-                                                  "none: epsilon", low=0.0, group="loss")
+                                                  "none: epsilon", low=0.0, low_open=True, group="loss")
     delta: typing.Optional[float] = option(None, "two-sided clip: cap the ratio at delta (none: off)",
                                            low=1.0, low_open=True, group="loss")
     loss_type: str = option("dapo", "token aggregation of the loss",
@@ -145,9 +149,9 @@ class Config:
     clip: str = option("sign", "tailored clip of the reasoning term ('sign': it never flips the outcome "
                        "advantage)", choices=("sign", "none"), group="awpo")
     clip_ratio: float = option(0.5, "reasoning term bound as a share of |outcome advantage|", low=0.0,
-                               group="awpo")
+                               low_open=True, group="awpo")
     clip_max: float = option(1.0, "reasoning term bound when the group's outcomes are all equal", low=0.0,
-                             group="awpo")
+                             low_open=True, group="awpo")
     clip_shrink: float = option(0.0, "dynamic PPO clip: epsilon / (1 + clip_shrink * gate * weight)", low=0.0,
                                 group="awpo")
     reasoning_coef: float = option(1.0, "reasoning term coefficient (0: plain GRPO advantages)", low=0.0,
@@ -346,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a tool-using LLM with AWPO. With no arguments: SmolLM2-135M-Instruct on the "
                     "built-in tool-use tasks, vLLM rollouts, held-out accuracy before and after. Options may be "
                     "written with dashes or underscores (--eval-bfcl = --eval_bfcl).",
+        allow_abbrev=False,  # --learning 3e-5 is a typo, not --learning_rate
     )
     parser.add_argument("--config", metavar="FILE", help="YAML file of options (command-line options win)")
     groups = {}

@@ -6,9 +6,12 @@ history; on resume, lines from steps after the checkpoint are dropped first (the
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 # The curves worth a panel each, in this order (the ones missing from a run are skipped).
 PLOT_KEYS = [
@@ -57,10 +60,16 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
     records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
+    for number, line in enumerate(lines, 1):
+        try:
             records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):  # a crash in the middle of the last write: that record is lost
+                logger.warning("%s: ignoring its unfinished last line", path)
+                break
+            raise ValueError(f"{path}: line {number} is not JSON ({err})") from err
     return records
 
 

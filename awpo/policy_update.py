@@ -270,9 +270,15 @@ def update_policy(model, optimizer, scheduler, batch: RolloutBatch, options: Upd
             step_loss = 0.0
             for micro in micro_list:
                 step_loss += _backward_micro_batch(model, batch, micro, plan, options, tally)
+            grad_norm = _clip_gradients(model, options.max_grad_norm) if micro_list else 0.0
+            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+                raise FloatingPointError(
+                    f"non-finite policy loss ({step_loss}) or gradient norm ({grad_norm}): the update was not "
+                    "applied; the latest checkpoint is intact. Try a lower learning_rate, or float32 without "
+                    "bf16_autocast")
             tally.add("loss", step_loss)
             if micro_list:
-                tally.add("grad_norm", _clip_gradients(model, options.max_grad_norm))
+                tally.add("grad_norm", grad_norm)
             optimizer.step()      # without gradients (nothing to learn from) it changes nothing
             scheduler.step()
     metrics = tally.means()

@@ -101,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
             bar.set_postfix(reward=f"{metrics['reward/outcome_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}",
                             loss=f"{metrics.get('loss', 0.0):+.4f}", step_s=f"{metrics['time/step_s']:.1f}")
 
-        result = trainer.train(on_step=on_step)
+        try:
+            result = trainer.train(on_step=on_step)
+        except FloatingPointError as err:  # diverged: say so plainly; the checkpoints on disk are intact
+            bar.close()
+            print(f"python -m awpo.train: error at step {trainer.step + 1}: {err}", file=sys.stderr)
+            return 1
         bar.close()
     print("\n".join(summary_lines(result)), flush=True)
     return 0

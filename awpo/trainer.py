@@ -192,7 +192,9 @@ class Trainer:
 
     `engine`, `train_tasks`, `eval_tasks`, `judge` may be injected (tests, notebooks); by default they
     are built from the config. `score_fn(episodes) -> EpisodeScores` replaces the training rewards
-    (custom rewards; the held-out accuracy always uses the exact outcome reward).
+    (custom rewards, outcomes in [0, 1] like the built-in ones: the pass rate behind AWPO's gate and
+    weight is read on that scale, and values outside it raise; the held-out accuracy always uses the
+    exact outcome reward).
     """
 
     def __init__(self, config: Config, *, engine=None, train_tasks: list | None = None,
@@ -202,11 +204,13 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.dtype = getattr(torch, config.dtype)
         resume_from = ckpt.resolve_resume(config.resume, self.output_dir)
+        resume_state = ckpt.load_trainer_state(resume_from) if resume_from else None
         self.base_model_path = resolve_model_path(config.model)
+        self._claim_output_dir(None if resume_state is None else int(resume_state["step"]))
         model_path = str(resume_from) if resume_from else self.base_model_path
         self.start_model_path = model_path  # the weights the "before" evaluations score
 
-        self.cpu_threads = self._choose_cpu_threads(resume_from)
+        self.cpu_threads = self._choose_cpu_threads(resume_state)
         seed_everything(config.seed)
         self.model, self.tokenizer = load_policy(model_path, dtype=self.dtype, device=self.device)
         self.ref_model = self._reference_model() if config.beta > 0 else None
@@ -224,8 +228,8 @@ class Trainer:
         self.step = 0
         self.accuracy_before: dict | None = None
         self.bfcl_before: dict | None = None
-        if resume_from:
-            self._restore(resume_from)
+        if resume_state is not None:
+            self._restore(resume_from, resume_state)
 
         self.engine = engine if engine is not None else self._make_engine(model_path)
         if self.cpu_threads:
@@ -235,16 +239,40 @@ class Trainer:
         self.score_fn = score_fn
         self.advantage_options = advantage_options(config)
         self.update_options = update_options(config)
+        if resume_state is not None:  # last: starting vLLM reseeds the python / numpy / torch generators
+            ckpt.restore_rng_state(resume_state["rng"])
 
     # ------------------------------------------------------------------------------------------
-    def _choose_cpu_threads(self, resume_from: Path | None) -> int | None:
+    def _claim_output_dir(self, resumed_step: int | None) -> None:
+        """A fresh run needs an output_dir without an earlier run's outputs, a resumed run one without
+        checkpoints newer than its own (pruning and `--resume latest` would mix the two runs);
+        `overwrite_output_dir` deletes them instead of stopping."""
+        stale = ckpt.checkpoints_after(self.output_dir, resumed_step)
+        if resumed_step is None:
+            stale += [p for p in (self.output_dir / "final", self.output_dir / "metrics.jsonl") if p.exists()]
+        if not stale:
+            return
+        names = ", ".join(p.name for p in stale)
+        if not self.config.overwrite_output_dir:
+            what = "a fresh run" if resumed_step is None else f"resuming at step {resumed_step}"
+            raise ValueError(
+                f"output_dir {self.output_dir} already holds {names} from another run; for {what} choose "
+                f"another --output_dir, continue the newest checkpoint with --resume latest, or pass "
+                f"--overwrite_output_dir true to delete them")
+        logger.warning("overwrite_output_dir: deleting %s in %s", names, self.output_dir)
+        ckpt.remove_checkpoints(p for p in stale if p.is_dir())
+        for path in stale:
+            if path.is_file():
+                path.unlink()
+
+    def _choose_cpu_threads(self, resume_state: dict | None) -> int | None:
         """Fixed for the whole run (thread counts can change float summation order, and a resumed
         run must repeat the original bit for bit). None on CUDA."""
         if self.device.type != "cpu":
             return None
         count = self.config.cpu_threads
-        if not count and resume_from is not None:
-            count = ckpt.load_trainer_state(resume_from).get("extra", {}).get("cpu_threads") or 0
+        if not count and resume_state is not None:
+            count = resume_state.get("extra", {}).get("cpu_threads") or 0
         count = count or idle_cores()
         logger.info("Using %d CPU thread(s)", count)
         set_cpu_threads(count)
@@ -269,8 +297,8 @@ class Trainer:
                            max_model_len=self.config.max_model_len, kv_cache_gb=self.config.vllm_kv_cache_gb,
                            gpu_memory_utilization=self.config.vllm_gpu_memory_utilization)
 
-    def _restore(self, path: Path) -> None:
-        state = ckpt.load_trainer_state(path)
+    def _restore(self, path: Path, state: dict) -> None:
+        """Optimizer, scheduler, step, data position and metrics of a checkpoint (RNG: end of __init__)."""
         ckpt.restore_training_state(state, optimizer=self.optimizer, scheduler=self.scheduler)
         self.step = int(state["step"])
         self.data.position = int(state["data_position"])
@@ -300,7 +328,7 @@ class Trainer:
                 last_saved = self.save()
             if on_step is not None:
                 on_step(metrics)
-        if last_saved is None or not last_saved.name.endswith(f"-{self.step}"):
+        if last_saved is None or ckpt.checkpoint_step(last_saved) != self.step:
             last_saved = self.save()
         final = ckpt.save_final_model(self.output_dir, model=self.model, tokenizer=self.tokenizer)
         result = TrainResult(steps=self.step, output_dir=str(self.output_dir), accuracy_before=self.accuracy_before,

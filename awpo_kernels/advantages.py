@@ -4,7 +4,8 @@ SPEC.md section 2. Public op: `group_advantages`. Backends: `triton` (CUDA defau
 TRITON_INTERPRET=1) runs one program per group (`_advantages_triton.py`); `torch` (CPU default) is the
 same algorithm vectorised over groups [P, G] (and the path of float64 inputs on every backend: compiled
 Triton rounds Python-float hyper-parameters to fp32); `reference` runs `reference.py`. Neither fast path
-synchronises with the host; the value checks do (one sync), see `_runtime.values_checked`.
+synchronises with the host; the value checks do (finite values, outcomes within outcome_range), see
+`_runtime.values_checked`.
 
 Both fast paths centre each group on one of its members before averaging, so a group of equal values
 has exactly zero deviations (a plain floating-point mean of 0.1, 0.1, 0.1 is not exactly 0.1, which
@@ -17,7 +18,7 @@ import math
 import torch
 
 from . import reference
-from ._runtime import check_choice, check_finite, resolve_backend
+from ._runtime import check_choice, check_finite, resolve_backend, values_checked
 from .outputs import GroupAdvantages
 
 ESTIMATORS = ("grpo", "awpo", "awpo_mixed")
@@ -185,3 +186,15 @@ def _check_inputs(outcome, reasoning, *, group_size, estimator, scale, unbiased,
                         ("epsilon_low", epsilon_low), ("epsilon_high", epsilon_high)):
         if not _is_number(value) or value < 0:
             raise ValueError(f"{name} must be a finite float >= 0; got {value!r}")
+    _check_outcome_range(outcome, outcome_range)
+
+
+def _check_outcome_range(outcome: torch.Tensor, outcome_range) -> None:
+    """Rewards outside outcome_range would be clamped in the pass rate, silently skewing gate and weight."""
+    if not values_checked() or outcome.numel() == 0:
+        return
+    low, high = torch.aminmax(outcome.detach())
+    low, high = float(low), float(high)  # the value checks sync by design
+    if low < outcome_range[0] or high > outcome_range[1]:
+        raise ValueError(f"outcome values span [{low:g}, {high:g}], outside outcome_range={tuple(outcome_range)}; "
+                         "pass the range your rewards live in")

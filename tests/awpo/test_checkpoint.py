@@ -53,6 +53,7 @@ def test_resume_restores_everything_exactly(tiny_model_dir, tmp_path):
     resumed, tokenizer2, optimizer2, scheduler2 = _training_objects(str(path))
     state = ck.load_trainer_state(path)
     ck.restore_training_state(state, optimizer=optimizer2, scheduler=scheduler2)
+    ck.restore_rng_state(state["rng"])
     assert state["step"] == 1 and state["data_position"] == 3
     assert scheduler2.last_epoch == scheduler.last_epoch - 1
     tokens2 = torch.randint(3, 400, (9,)).tolist()
@@ -108,3 +109,34 @@ def test_bad_resume_paths_fail_clearly(tmp_path):
         ck.resolve_resume("latest", tmp_path)
     with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
         ck.resolve_resume(str(tmp_path), tmp_path)
+
+
+def test_an_unreadable_trainer_state_is_a_clear_error(tmp_path):
+    path = tmp_path / "checkpoint-3"
+    path.mkdir()
+    (path / ck.STATE_FILE).write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="checkpoint .*checkpoint-3 is unreadable"):
+        ck.load_trainer_state(path)
+
+
+def test_checkpoint_step_and_the_checkpoints_after_a_step(tmp_path):
+    for step in (2, 10, 7):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / ck.STATE_FILE).write_bytes(b"x")
+    (tmp_path / "checkpoint-99").mkdir()  # no trainer state: not a checkpoint
+    assert [p.name for p in ck.checkpoints_after(tmp_path, 2)] == ["checkpoint-7", "checkpoint-10"]
+    assert len(ck.checkpoints_after(tmp_path, None)) == 3
+    elsewhere = tmp_path / "renamed"
+    elsewhere.mkdir()
+    (elsewhere / ck.STATE_JSON).write_text('{"step": 12}')
+    assert ck.checkpoint_step(tmp_path / "checkpoint-10") == 10 and ck.checkpoint_step(elsewhere) == 12
+
+
+def test_metrics_file_with_an_unfinished_last_line_still_reads(tmp_path):
+    from awpo.metrics import read_metrics
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.25}\n{"step": 3, "lo')
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+    path.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+    with pytest.raises(ValueError, match="line 2 is not JSON"):
+        read_metrics(path)

@@ -52,6 +52,11 @@ def test_yaml_then_command_line_override(tmp_path):
     (["--dataset", "/no/such/tasks.jsonl"], "dataset='/no/such/tasks.jsonl': no such file"),
     (["--eval_dataset", "missing.parquet"], "eval_dataset='missing.parquet': no such file"),
     (["--categories", "simple,bogus"], "categories='simple,bogus': unknown ['bogus']"),
+    (["--epsilon", "0"], "epsilon=0.0: must be > 0.0"),          # a zero clip would fail only after loading
+    (["--epsilon_high", "0"], "epsilon_high=0.0: must be > 0.0"),
+    (["--clip_ratio", "0"], "clip_ratio=0.0: must be > 0.0"),
+    (["--clip_max", "0"], "clip_max=0.0: must be > 0.0"),
+    (["--learning", "3e-5"], "unrecognized arguments: --learning"),  # no abbreviations of option names
 ])
 def test_bad_values_fail_at_start_up_naming_the_option(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -172,6 +172,66 @@ def test_crash_mid_step_leaves_the_last_checkpoint_loadable(tiny_model_dir, tiny
     assert latest_checkpoint(tmp_path).name == "checkpoint-2"
 
 
+def test_a_fresh_run_refuses_another_runs_output_dir_unless_told_to_overwrite(two_step_run, tiny_model_dir,
+                                                                            tiny_vllm_engine, tmp_path):
+    _, _, run_a = two_step_run
+    for name in ("checkpoint-1", "checkpoint-2"):
+        shutil.copytree(run_a / name, tmp_path / name)
+    (tmp_path / "metrics.jsonl").write_text((run_a / "metrics.jsonl").read_text())
+    with pytest.raises(ValueError, match="already holds checkpoint-1, checkpoint-2, metrics.jsonl"):
+        make_trainer(tiny_model_dir, tiny_vllm_engine, tmp_path)
+    assert len(list_checkpoints(tmp_path)) == 2     # nothing was touched
+    make_trainer(tiny_model_dir, tiny_vllm_engine, tmp_path, overwrite_output_dir=True)
+    assert list_checkpoints(tmp_path) == [] and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_resuming_an_older_checkpoint_refuses_newer_ones_unless_told_to_overwrite(two_step_run, tiny_model_dir,
+                                                                                 tiny_vllm_engine, tmp_path):
+    _, _, run_a = two_step_run
+    for name in ("checkpoint-1", "checkpoint-2"):
+        shutil.copytree(run_a / name, tmp_path / name)
+    older = str(tmp_path / "checkpoint-1")
+    with pytest.raises(ValueError, match="already holds checkpoint-2 .*resuming at step 1"):
+        make_trainer(tiny_model_dir, tiny_vllm_engine, tmp_path, resume=older)
+    resumed = make_trainer(tiny_model_dir, tiny_vllm_engine, tmp_path, resume=older, overwrite_output_dir=True)
+    assert resumed.step == 1 and [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-1"]
+
+
+def test_resume_restores_the_rng_after_a_reseeding_engine_start_mocked(two_step_run, tiny_model_dir,
+                                                                        tiny_vllm_engine, tmp_path, monkeypatch):
+    """vLLM's worker reseeds python / numpy / torch when it starts; the checkpoint's RNG must win.
+    The engine start is mocked (a reseed, then the shared engine) to avoid a second vLLM instance."""
+    _, _, run_a = two_step_run
+    shutil.copytree(run_a / "checkpoint-1", tmp_path / "checkpoint-1")
+
+    def reseeding_engine_start(self, model_path):
+        torch.manual_seed(0)
+        return tiny_vllm_engine
+
+    monkeypatch.setattr(Trainer, "_make_engine", reseeding_engine_start)
+    config = config_for(tmp_path, model=tiny_model_dir, resume="latest")
+    Trainer(config, train_tasks=short_tasks(), eval_tasks=[], score_fn=even_token_reward)
+    assert torch.equal(torch.get_rng_state(), load_trainer_state(tmp_path / "checkpoint-1")["rng"]["torch"])
+
+
+def test_a_non_finite_gradient_stops_the_update_before_the_optimizer_step(tiny_model_dir, tiny_vllm_engine):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tiny_vllm_engine.sync_weights(model)
+    episodes = run_episodes(tiny_vllm_engine, tokenizer, short_tasks(1),
+                            RolloutOptions(num_generations=4, temperature=1.0, max_completion_length=6, seed=5))
+    batch = _batch_of(episodes, torch.tensor([1.0, -1.0, 0.5, -0.5]))
+    with torch.no_grad():
+        lm_head_weight(model)[:, 3] = float("nan")   # every logit NaN: loss and gradients too
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    with pytest.raises(FloatingPointError, match="non-finite policy loss"):
+        update_policy(model, optimizer, scheduler, batch, UpdateOptions(per_device_train_batch_size=4))
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0, equal_nan=True)
+
+
 def test_update_raises_the_logprob_of_positive_advantage_completions(tiny_model_dir, tiny_vllm_engine):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)

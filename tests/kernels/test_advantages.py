@@ -367,6 +367,8 @@ GOOD = torch.tensor([1.0, 0.0, 0.5, 0.0, 1.0, 1.0])
     (GOOD, None, dict(group_size=3, clip="abs"), "clip"),
     (GOOD, None, dict(group_size=3, backend="cuda"), "backend"),
     (GOOD, None, dict(group_size=3, outcome_range=(1.0, 0.0)), "outcome_range"),
+    (GOOD * 2, None, dict(group_size=3), "outcome_range"),           # 2.0 > 1: the pass rate would clamp
+    (GOOD - 0.5, None, dict(group_size=3, outcome_range=(0.0, 2.0)), "outcome_range"),
     (GOOD, None, dict(group_size=3, outcome_range=(0.0, float("inf"))), "outcome_range"),
     (GOOD, None, dict(group_size=3, eps=0.0), "eps"),
     (GOOD, None, dict(group_size=3, eps=NAN), "eps"),
