@@ -8,9 +8,11 @@ The format is the Hermes / Qwen one that BFCL's ``-FC`` handlers parse (SPEC.md 
     </tool_call>
 
 Model output is untrusted: ``parse_completion`` reads it with ``json`` only, caps its size, its JSON
-nesting depth and its number of calls, and never raises. Any malformed piece (bad JSON, unknown keys,
-unclosed tags, non-object arguments, ...) makes the whole completion "no valid call" with a reason
-in ``error``: a reward must not credit half-broken output.
+nesting depth, its integer literals' length and its number of calls, and never raises. Any
+malformed piece (bad JSON, non-finite numbers such as ``NaN`` or ``1e400``, strings that are not
+valid UTF-8 such as a lone ``"\\ud800"``, unknown keys, unclosed tags, non-object arguments, ...)
+makes the whole completion "no valid call" with a reason in ``error``: a reward must not credit
+half-broken output.
 
 Deliberate choices (they keep the training reward aligned with what BFCL's Qwen-FC decoder accepts):
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ logger = logging.getLogger(__name__)
 MAX_COMPLETION_CHARS = 64 * 1024
 MAX_JSON_DEPTH = 16
 MAX_CALLS = 32
+MAX_INT_DIGITS = 100  # longer integer literals are malformed (they would overflow float comparisons)
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -141,13 +145,16 @@ def parse_call_body(body: str) -> tuple[ToolCall | None, str | None]:
     if not (body.startswith("\n") and body.endswith("\n")):
         return None, "the JSON must be on its own line: '<tool_call>\\n{...}\\n</tool_call>'"
     try:
-        obj = json.loads(body, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
+        obj = json.loads(body, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant,
+                         parse_float=_finite_float, parse_int=_bounded_int)
     except RecursionError:
         return None, f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
-    except ValueError as exc:  # JSONDecodeError, duplicate keys, NaN, over-long integers
+    except ValueError as exc:  # JSONDecodeError, duplicate keys, NaN, infinite floats, over-long integers
         return None, f"invalid JSON ({exc})"
     if json_depth(obj) > MAX_JSON_DEPTH:
         return None, f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+    if not _is_utf8(obj):
+        return None, "a string is not valid UTF-8 (lone surrogate)"
     if not isinstance(obj, dict):
         return None, f"expected a JSON object, got {type(obj).__name__}"
     if "parameters" in obj and "arguments" not in obj:
@@ -177,6 +184,28 @@ def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"number {literal[:30]} is not finite")
+    return value
+
+
+def _bounded_int(literal: str) -> int:
+    if len(literal.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"integer longer than {MAX_INT_DIGITS} digits")
+    return int(literal)
+
+
+def _is_utf8(obj) -> bool:
+    """Whether every string of a parsed JSON value (keys included) encodes as UTF-8."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def json_depth(obj) -> int:

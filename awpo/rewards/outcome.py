@@ -29,6 +29,7 @@ differences from BFCL, all rare in practice:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -44,7 +45,6 @@ SCHEMA_TYPES = {
     "dict": dict, "object": dict,
 }
 _STRING_NOISE = re.compile(r"[ ,./\-_*^]")
-_GREEDY_ABOVE = 8  # max-weight matching by subset DP up to this many calls/entries, greedy beyond
 
 
 def outcome_reward(
@@ -219,7 +219,9 @@ def value_matches(value, acceptable: list, param_schema: dict | None) -> bool:
     if expected is None:  # neither the schema nor the answers say: compare as is
         return value in acceptable
     if expected is float and type(value) is int:
-        value = float(value)  # Python's int -> float promotion, as BFCL allows
+        value = as_float(value)  # Python's int -> float promotion, as BFCL allows
+        if value is None:
+            return False  # too large for a float: it cannot equal any acceptable value
     item_type = _schema_type((param_schema or {}).get("items")) if expected is list else None
     if type(value) is expected and _items_have_type(value, acceptable, item_type):
         is_variable = gt_type is not None and gt_type is not expected
@@ -239,6 +241,15 @@ def value_matches(value, acceptable: list, param_schema: dict | None) -> bool:
     if expected is list:
         return _normalize_list(value) in [_normalize_list(a) for a in _list_answers(acceptable)]
     return value in acceptable
+
+
+def as_float(number) -> float | None:
+    """``float(number)``, or None when it does not fit a float (a huge int) or is not finite."""
+    try:
+        value = float(number)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _schema_type(schema: dict | None):
@@ -350,33 +361,54 @@ def has_perfect_matching(match: list[list[bool]]) -> bool:
 
 
 def best_assignment_total(scores: list[list[float]]) -> float:
-    """Largest total of a one-to-one partial assignment of rows to columns (scores >= 0)."""
-    rows, cols = len(scores), len(scores[0]) if scores else 0
-    if rows == 0 or cols == 0:
+    """Largest total of a one-to-one partial assignment of rows to columns (scores >= 0).
+
+    With non-negative scores a best partial assignment can be taken to cover the smaller side, so
+    this is the Hungarian algorithm (O(n^2 m), exact at any size) on the negated scores.
+    """
+    if not scores or not scores[0]:
         return 0.0
-    if cols > rows:
+    if len(scores) > len(scores[0]):
         scores = [list(column) for column in zip(*scores)]
-        rows, cols = cols, rows
-    if cols > _GREEDY_ABOVE:
-        return _greedy_total(scores)
-    best = {0: 0.0}  # mask of used columns -> best total so far
-    for row in scores:
-        nxt = dict(best)
-        for mask, total in best.items():
-            for col in range(cols):
-                if not mask & (1 << col):
-                    key = mask | (1 << col)
-                    nxt[key] = max(nxt.get(key, 0.0), total + row[col])
-        best = nxt
-    return max(best.values())
+    owner = _hungarian_min([[-score for score in row] for row in scores])
+    return sum(scores[row][col] for col, row in enumerate(owner) if row is not None)
 
 
-def _greedy_total(scores: list[list[float]]) -> float:
-    pairs = sorted(((s, r, c) for r, row in enumerate(scores) for c, s in enumerate(row)), reverse=True)
-    used_rows, used_cols, total = set(), set(), 0.0
-    for s, r, c in pairs:
-        if r not in used_rows and c not in used_cols:
-            used_rows.add(r)
-            used_cols.add(c)
-            total += s
-    return total
+def _hungarian_min(cost: list[list[float]]) -> list[int | None]:
+    """Minimum-cost assignment of every row of ``cost`` (rows <= columns) to its own column
+    (shortest augmenting paths with potentials) -> the row given to each column, or None."""
+    cols = len(cost[0])
+    row_pot, col_pot = [0.0] * len(cost), [0.0] * (cols + 1)
+    owner: list[int | None] = [None] * (cols + 1)  # column -> row; column ``cols`` is the virtual start
+    for row in range(len(cost)):
+        owner[cols] = row
+        _augment(cost, row_pot, col_pot, owner)
+    return owner[:cols]
+
+
+def _augment(cost, row_pot, col_pot, owner) -> None:
+    """Add row ``owner[-1]`` to the assignment along a shortest augmenting path (Dijkstra-like)."""
+    cols = len(cost[0])
+    dist, came_from, done = [math.inf] * (cols + 1), [cols] * (cols + 1), [False] * (cols + 1)
+    col = cols
+    while owner[col] is not None:
+        done[col] = True
+        row, delta, nxt = owner[col], math.inf, cols
+        for j in range(cols):
+            if not done[j]:
+                reduced = cost[row][j] - row_pot[row] - col_pot[j]
+                if reduced < dist[j]:
+                    dist[j], came_from[j] = reduced, col
+                if dist[j] < delta:
+                    delta, nxt = dist[j], j
+        for j in range(cols + 1):
+            if done[j]:
+                row_pot[owner[j]] += delta
+                col_pot[j] -= delta
+            else:
+                dist[j] -= delta
+        col = nxt
+    while col != cols:  # flip the path back to the start
+        prev = came_from[col]
+        owner[col] = owner[prev]
+        col = prev

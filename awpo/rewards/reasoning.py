@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 from ..toolcall import ToolCall, normalize_tools
-from .outcome import normalize_string
+from .outcome import as_float, normalize_string
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ class RuleJudge:
     - repetition: distinct word 3-grams / all 3-grams, mapped from [0.3, 0.8] onto [0, 1];
     - length: 1 inside ``[min_words, max_words]``, falling off proportionally outside.
 
-    No ``<think>`` block scores ``missing_reasoning`` (NaN by default: "no score", SPEC section 1);
-    an empty one scores 0.
+    No reasoning (no ``<think>`` block, or an empty one) scores ``missing_reasoning`` (NaN by
+    default: "no score", SPEC section 1, as ``LLMJudge`` gives).
     """
 
     min_words: int = 5
@@ -86,10 +86,8 @@ class RuleJudge:
     )
 
     def score(self, prompt: str, reasoning: str | None, calls: list[ToolCall], tools: list[dict]) -> float:
-        if reasoning is None:
+        if reasoning is None or not reasoning.strip():
             return self.missing_reasoning
-        if not reasoning.strip():
-            return 0.0
         parts = self.parts(reasoning, calls, tools)
         total_weight = sum(self.weights[name] for name in parts)
         return sum(self.weights[name] * value for name, value in parts.items()) / total_weight
@@ -148,7 +146,7 @@ def _scalar_values(value) -> list:
 def _mentions_value(value, text: str, squashed: str, numbers: set[float]) -> bool:
     if isinstance(value, str):
         return bool(value.strip()) and (value.lower() in text or normalize_string(value) in squashed)
-    return float(value) in numbers
+    return as_float(value) in numbers  # a value too large for a float (None) mentions nothing
 
 
 def _repetition_part(words: list[str]) -> float:
@@ -311,7 +309,7 @@ def _tool_summary(tools: list[dict]) -> str:
 # score parsing
 # ----------------------------------------------------------------------------------------------
 
-_NUM = r"(-?\d+(?:\.\d+)?)"
+_NUM = r"(-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)"  # any decimal notation, read whole
 _SCORE_LINE = re.compile(
     rf"\b(?:score|rating|grade)\b[\s:=*]{{0,6}}(?:is\s+)?{_NUM}\s*(?:(/|out of)\s*{_NUM}|(%))?", re.IGNORECASE
 )
@@ -323,10 +321,12 @@ _JSON_OBJECT = re.compile(r"\{[^{}]*\}")
 def parse_judge_score(text, *, scale: float = 10.0) -> float:
     """A judge reply -> score in [0, 1], or NaN when no score can be read. Never raises.
 
-    Reads, in this order: a JSON object with a ``"score"`` key; the last "Score: N[/D | %]"; the
-    last bare fraction "N/D"; a reply that is only a number. A number without a denominator is on
-    the rubric's ``scale``, except a decimal in [0, 1] (e.g. 0.85), which is already a fraction.
-    Out-of-range values give NaN.
+    Reads the first of: a JSON object with a ``"score"`` key (the last one); the last
+    "Score: N[/D | %]"; the last bare fraction "N/D"; a reply that is only a number. The number is
+    read as the judge was asked (RUBRIC: "from 0 to 10", "Score: N/10"): "N/D" and "N out of D" are
+    N/D, "N%" is N/100, and a plain N is on the rubric's ``scale`` whatever its notation (``1``,
+    ``1.0`` and ``1e0`` all give 0.1 on the 10-point scale). A value outside [0, 1] (e.g. 11/10,
+    -2, 1e3) gives NaN, never a clipped score.
     """
     if not isinstance(text, str):
         return NAN
@@ -376,8 +376,6 @@ def _to_unit(number: str, denominator: str | None, percent: bool, *, scale: floa
     if denominator is not None:
         denom = float(denominator)
         return value / denom if denom > 0 else NAN
-    if "." in number and 0.0 <= value <= 1.0:
-        return value
     return value / scale
 
 

@@ -1,11 +1,13 @@
 """awpo.rewards.outcome: BFCL possible-answer matching, exact and graded, on hand-written completions."""
 
+import itertools
 import random
 
 import pytest
 
 from awpo.rewards import normalize_string, outcome_reward, reference_calls
-from awpo.toolcall import ToolCall, format_tool_calls, parse_completion
+from awpo.rewards.outcome import best_assignment_total
+from awpo.toolcall import ParsedCompletion, ToolCall, format_tool_calls, parse_completion
 
 
 def doc(name, properties, required):
@@ -153,6 +155,53 @@ def test_parallel_matching_is_a_bijection_not_greedy():
     gt = [{"f": {"x": [1, 2]}}, {"f": {"x": [1]}}]
     assert outcome_reward(completion(("f", {"x": 1}), ("f", {"x": 2})), gt) == 1.0
     assert outcome_reward(completion(("f", {"x": 2}), ("f", {"x": 2})), gt) == 0.0
+
+
+def _nine_calls_of_f(first_values):
+    gt = [{"f": {"v": ["b"]}}, {"f": {"v": ["a", "b"]}}] + [{"f": {"v": [f"c{i}"]}} for i in range(2, 9)]
+    calls = [("f", {"v": v}) for v in first_values] + [("f", {"v": f"c{i}"}) for i in range(2, 9)]
+    return completion(*calls), gt
+
+
+def test_graded_is_one_when_exact_is_one_above_eight_calls():
+    # greedy matching took (a|b, "b") first and left "a" without a partner: graded was 0.963
+    text, gt = _nine_calls_of_f(["a", "b"])
+    assert both(text, gt, tools=None) == (1.0, 1.0)
+    text, gt = _nine_calls_of_f(["b", "a"])
+    assert both(text, gt, tools=None) == (1.0, 1.0)
+
+
+def test_graded_is_the_best_assignment_at_the_call_limit():
+    gt = [{"f": {"v": [f"x{i}"], "w": [i]}} for i in range(32)]
+    calls = [("f", {"v": f"x{i}", "w": i}) for i in range(32)]
+    assert both(completion(*calls[::-1]), gt, tools=None) == (1.0, 1.0)
+    calls[5] = ("f", {"v": "x5", "w": 6})  # one wrong value: (1 + 1 + 1/2) / 3 for that pair
+    exact, graded = both(completion(*calls), gt, tools=None)
+    assert exact == 0.0 and graded == pytest.approx((31 + 2.5 / 3) / 32)
+
+
+def test_best_assignment_total_matches_brute_force():
+    rng = random.Random(11)
+    for _ in range(400):
+        rows, cols = rng.randint(1, 6), rng.randint(1, 6)
+        scores = [[rng.choice([0.0, 1 / 3, 2 / 3, 1.0, rng.random()]) for _ in range(cols)] for _ in range(rows)]
+        small, large = (scores, cols) if rows <= cols else ([list(c) for c in zip(*scores)], rows)
+        brute = max(sum(row[p] for row, p in zip(small, perm)) for perm in itertools.permutations(range(large), len(small)))
+        assert best_assignment_total(scores) == pytest.approx(brute)
+    assert best_assignment_total([]) == 0.0 and best_assignment_total([[]]) == 0.0
+
+
+def test_huge_numbers_score_zero_and_never_raise():
+    nines = "9" * 400
+    text = '<tool_call>\n{"name": "f", "arguments": {"x": ' + nines + '}}\n</tool_call>'
+    assert both(text, [{"f": {"x": [1.5]}}], tools=None) == (0.0, 0.0)  # malformed: over-long integer
+    text = '<tool_call>\n{"name": "f", "arguments": {"temp": 1e400}}\n</tool_call>'
+    assert both(text, [{"f": {"temp": [20.0]}}], tools=None) == (0.0, 0.0)  # inf is not a value
+    # calls handed over already parsed skip the parser: the value is a mismatch, not an OverflowError
+    parsed = ParsedCompletion(None, [ToolCall("f", {"x": 10 ** 400})], "", None)
+    assert both(parsed, [{"f": {"x": [1.5]}}], tools=None) == (0.0, pytest.approx(2 / 3))
+    schema = [doc("f", {"x": {"type": "float"}}, ["x"])]
+    assert both(parsed, [{"f": {"x": [1.5]}}], tools=schema) == (0.0, pytest.approx(2 / 3))
 
 
 def test_irrelevance_is_matched_only_by_no_call():

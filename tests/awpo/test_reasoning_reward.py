@@ -8,7 +8,7 @@ import pytest
 
 from awpo.rewards import LLMJudge, RuleJudge, parse_judge_score
 from awpo.rewards.reasoning import JudgeRequest, judge_many
-from awpo.toolcall import ToolCall
+from awpo.toolcall import ToolCall, format_tool_calls, parse_completion
 
 TOOLS = [
     {"name": "get_weather", "description": "Weather in a city.",
@@ -65,7 +65,25 @@ def test_rule_judge_penalises_loops_and_bad_lengths():
 def test_rule_judge_missing_and_empty_reasoning():
     assert math.isnan(RuleJudge().score(PROMPT, None, CALL, TOOLS))
     assert RuleJudge(missing_reasoning=0.0).score(PROMPT, None, CALL, TOOLS) == 0.0
-    assert RuleJudge().score(PROMPT, "   ", CALL, TOOLS) == 0.0
+    # an empty <think> block is no reasoning too: NaN ("no score", SPEC section 1)
+    assert math.isnan(RuleJudge().score(PROMPT, "   ", CALL, TOOLS))
+    assert RuleJudge(missing_reasoning=0.0).score(PROMPT, "", CALL, TOOLS) == 0.0
+
+
+def test_both_judges_give_nan_for_an_empty_think_block():
+    parsed = parse_completion("<think></think>\n" + format_tool_calls(CALL))
+    assert parsed.reasoning == "" and parsed.calls == CALL
+    rule = RuleJudge().score(PROMPT, parsed.reasoning, parsed.calls, TOOLS)
+    llm = LLMJudge(ScriptedGenerate(["Score: 9/10"])).score(PROMPT, parsed.reasoning, parsed.calls, TOOLS)
+    assert math.isnan(rule) and math.isnan(llm)
+
+
+def test_rule_judge_survives_a_value_too_large_for_a_float():
+    # the parser rejects such literals, but a caller can hand over calls directly: no OverflowError
+    calls = [ToolCall("convert_currency", {"amount": 10 ** 400})]
+    parts = RuleJudge().parts("convert_currency with amount " + "9" * 400, calls, TOOLS)
+    assert parts["tool"] == 1.0 and parts["arguments"] == 0.0
+    assert 0.0 <= RuleJudge().score(PROMPT, "convert_currency amount 1e400", calls, TOOLS) <= 1.0
 
 
 def test_rule_judge_is_deterministic_and_bounded():
@@ -85,10 +103,19 @@ def test_rule_judge_is_deterministic_and_bounded():
     ("Rating: 80%", 0.8),
     ('{"score": 8, "why": "ok"}', 0.8),
     ('blah {"score": "6"} blah', 0.6),
-    ('{"score": 0.45}', 0.45),
+    ('{"score": 4.5}', 0.45),
     ("9", 0.9),
     ("  10.  ", 1.0),
-    ("0.85", 0.85),
+    # a plain number is on the rubric's 0..10 scale whatever its notation ("Score: N/10" is asked)
+    ("0.85", 0.085),
+    ('{"score": 0.45}', 0.045),
+    ("Score: 1", 0.1),
+    ("Score: 1.0", 0.1),
+    ("Score: 1e0", 0.1),
+    ("Score: 5/1e1", 0.5),
+    ("Score: 7.5/10.", 0.75),
+    ("7/10\nScore: 1e3", math.nan),  # the last verdict is out of range: no score, not an older 7/10
+    ("Score: 1e999", math.nan),
     ("I'd say 6/10 overall.", 0.6),
     ("Score: 4/10 at first, but on reflection Score: 9/10", 0.9),
     ("Score: 11/10", math.nan),

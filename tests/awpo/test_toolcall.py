@@ -76,6 +76,15 @@ def test_calls_inside_think_are_not_calls():
     (block('{"name": "f", "name": "g", "arguments": {}}'), "duplicate key"),
     (block('{"name": "f", "arguments": {"x": NaN}}'), "NaN is not valid JSON"),
     (block('{"name": "f", "arguments": {"x": ' + "9" * 5000 + "}}"), "invalid JSON"),
+    (block('{"name": "f", "arguments": {"x": ' + "9" * 400 + "}}"), "longer than 100 digits"),
+    (block('{"name": "f", "arguments": {"x": -' + "9" * 101 + "}}"), "longer than 100 digits"),
+    (block('{"name": "f", "arguments": {"temp": 1e400}}'), "not finite"),
+    (block('{"name": "f", "arguments": {"temp": [-1E+999]}}'), "not finite"),
+    # lone surrogates (JSON escapes in the model text) would crash the tokenizer later
+    (block('{"name": "mkdir", "arguments": {"dir_name": "a\\ud800"}}'), "not valid UTF-8"),
+    (block('{"name": "f\\udfff", "arguments": {}}'), "not valid UTF-8"),
+    (block('{"name": "f", "arguments": {"k\\ud800": 1}}'), "not valid UTF-8"),
+    (block('{"name": "f", "arguments": {"x": [{"y": ["ok", "\\udc00z"]}]}}'), "not valid UTF-8"),
     ('<tool_call>{"name": "f", "arguments": {}}</tool_call>', "own line"),
     ("<tool_call>\n" + '{"name": "f", "arguments": {}}', "unclosed <tool_call>"),
     ('{"name": "f", "arguments": {}}\n</tool_call>', "without an opening"),
@@ -85,6 +94,14 @@ def test_malformed_output_is_no_valid_call_with_a_reason(text, reason):
     parsed = parse_completion(text)
     assert parsed.calls == []
     assert parsed.error is not None and reason in parsed.error, parsed.error
+
+
+def test_numbers_and_unicode_at_the_limits_still_parse():
+    text = block('{"name": "f", "arguments": {"n": -' + "9" * 100 + ', "t": 1e308, "s": 1e-400, "e": "\\ud83d\\ude00 \\u00e9"}}')
+    parsed = parse_completion(text)
+    assert parsed.error is None
+    assert parsed.calls[0].arguments == {"n": -int("9" * 100), "t": 1e308, "s": 0.0, "e": "\U0001F600 \u00e9"}
+    parsed.calls[0].arguments["e"].encode("utf-8")
 
 
 def test_one_bad_block_voids_the_good_ones():
@@ -122,7 +139,8 @@ def test_non_string_input_never_raises(value):
 def test_random_junk_never_raises():
     rng = random.Random(1234)
     pieces = ["<think>", "</think>", "<tool_call>", "</tool_call>", "\n", "{", "}", "[", "]", '"name"', '"arguments"',
-              ":", ",", '"f"', "1e999", "null", "true", "\\u0000", "é", " ", "parameters", "NaN"]
+              ":", ",", '"f"', "1e999", "null", "true", "\\u0000", "é", " ", "parameters", "NaN",
+              '"\\ud800"', "9" * 120]
     for _ in range(2000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
         parsed = parse_completion(text)
@@ -130,6 +148,7 @@ def test_random_junk_never_raises():
         assert parsed.error is None or parsed.calls == []
         for call in parsed.calls:
             assert isinstance(call.name, str) and isinstance(call.arguments, dict)
+            json.dumps(call.to_dict(), ensure_ascii=False).encode("utf-8")  # a tokenizer can take it
 
 
 def test_format_then_parse_round_trips():
