@@ -22,7 +22,8 @@ def outcome_of(episode: Episode, *, graded: bool) -> float:
     if episode.env is not None:
         from .envs import multi_turn_outcome
 
-        return float(multi_turn_outcome(task, episode.env, graded=graded))
+        # any malformed assistant turn scores 0, whatever the final state (as single-turn)
+        return float(multi_turn_outcome(task, episode.env, graded=graded, turns=episode.parsed_turns))
     return float(outcome_reward(episode.parsed_turns[-1], task.ground_truth, graded=graded, tools=task.tools))
 
 

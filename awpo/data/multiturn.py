@@ -3,6 +3,14 @@
 Each turn is an action picked among those that apply to the current (simulated) state; the
 simulation executes the action's ground-truth calls, so every task is solvable and its final state
 is known. Train and held-out splits phrase the actions with disjoint templates.
+
+No task may end where it starts (a no-op would then score full marks): only the delete action removes
+anything, and it deletes only a file that is still as it was in the initial state, which no later
+action can recreate (every created or renamed file takes a name from ``NEW_FILES``, disjoint from
+``FILES``). The generator checks this on every task.
+
+The tools offered are exactly the environment's: the worked example (``DICE_EXAMPLE``) calls a tool
+outside the environment, which is not offered, so that every offered tool can be executed.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from __future__ import annotations
 import random
 
 from ..envs import FileSystemEnv
-from .prompts import DICE_EXAMPLE, DICE_TOOL, MULTI_TURN_NOTE, SYSTEM_PROMPT
+from .prompts import DICE_EXAMPLE, MULTI_TURN_NOTE, SYSTEM_PROMPT
 from .task import Task
 
 FOLDERS = ["documents", "projects", "photos", "archive", "music", "recipes"]
@@ -46,9 +54,9 @@ def multi_turn_task(rng: random.Random, split: str, task_id: str) -> Task:
     sim = FileSystemEnv(initial)
     texts, turns, templates = [], [], []
     for _ in range(rng.choice([2, 2, 3])):
-        options = [name for name in ACTIONS if ACTIONS[name](rng, sim, dry=True)]
+        options = [name for name in ACTIONS if ACTIONS[name](rng, sim, initial, dry=True)]
         action = rng.choice(options)
-        slots, calls = ACTIONS[action](rng, sim, dry=False)
+        slots, calls = ACTIONS[action](rng, sim, initial, dry=False)
         template = rng.choice(PHRASES[action][split])
         for call in calls:
             result = sim.execute(call)
@@ -57,9 +65,11 @@ def multi_turn_task(rng: random.Random, split: str, task_id: str) -> Task:
         texts.append(_capitalise(template.format(**slots)))
         turns.append(calls)
         templates.append(template)
+    if sim.outcome_state() == FileSystemEnv(initial).outcome_state():  # a bug in the actions, not in the data
+        raise RuntimeError(f"built-in multi-turn task {task_id} ends in its initial state: a no-op would pass")
     messages = [{"role": "system", "content": SYSTEM_PROMPT + MULTI_TURN_NOTE}, *DICE_EXAMPLE,
                 {"role": "user", "content": texts[0]}]
-    return Task(task_id, "multi_turn", messages, [*FileSystemEnv().tools(), DICE_TOOL], turns, env=FileSystemEnv.name,
+    return Task(task_id, "multi_turn", messages, FileSystemEnv().tools(), turns, env=FileSystemEnv.name,
                 env_state=initial, user_turns=texts[1:], meta={"templates": templates, "split": split})
 
 
@@ -80,7 +90,8 @@ def _call(tool: str, **arguments) -> dict:
     return {"name": tool, "arguments": arguments}
 
 
-# Each action: (rng, sim, dry) -> truthy when it applies (dry) / (slots, calls) (not dry).
+# Each action: (rng, sim, initial, dry) -> truthy when it applies (dry) / (slots, calls) (not dry);
+# ``initial`` is the task's initial state (the simulation ``sim`` holds the current one).
 
 def _here(sim: FileSystemEnv, up: int = 0) -> dict | None:
     """A copy of the current folder (``up=1``: of its parent; None above the top)."""
@@ -102,12 +113,23 @@ def _folders(folder: dict) -> list[str]:
     return sorted(n for n, v in folder.items() if isinstance(v, dict))
 
 
+def _untouched_files(sim: FileSystemEnv, initial: dict) -> list[str]:
+    """The files of the current folder that were there, with the same content, in the initial state."""
+    start = initial["root"]
+    for part in [p for p in sim.state()["cwd"].split("/") if p]:
+        start = start.get(part) if isinstance(start, dict) else None
+    if not isinstance(start, dict):
+        return []
+    here = _here(sim)
+    return [f for f in _files(here) if start.get(f) == here[f]]
+
+
 def _fresh(rng, names: list[str], taken: dict) -> str | None:
     free = [n for n in names if n not in taken]
     return rng.choice(free) if free else None
 
 
-def _organize(rng, sim, dry):
+def _organize(rng, sim, initial, dry):
     here = _here(sim)
     if dry:
         return bool(_files(here)) and any(n not in here for n in NEW_FOLDERS)
@@ -115,7 +137,7 @@ def _organize(rng, sim, dry):
     return {"f": f, "d": d}, [_call("mkdir", dir_name=d), _call("mv", source=f, destination=d)]
 
 
-def _write_new(rng, sim, dry):
+def _write_new(rng, sim, initial, dry):
     here = _here(sim)
     if dry:
         return any(n not in here for n in NEW_FILES)
@@ -123,7 +145,7 @@ def _write_new(rng, sim, dry):
     return {"g": g, "t": t}, [_call("write_file", file_name=g, content=t)]
 
 
-def _enter_and_touch(rng, sim, dry):
+def _enter_and_touch(rng, sim, initial, dry):
     here = _here(sim)
     if dry:
         return any(any(n not in here[d] for n in NEW_FILES) for d in _folders(here))
@@ -132,7 +154,7 @@ def _enter_and_touch(rng, sim, dry):
     return {"d": d, "g": g}, [_call("cd", folder=d), _call("touch", file_name=g)]
 
 
-def _rename(rng, sim, dry):
+def _rename(rng, sim, initial, dry):
     here = _here(sim)
     if dry:
         return bool(_files(here)) and any(n not in here for n in NEW_FILES)
@@ -140,15 +162,15 @@ def _rename(rng, sim, dry):
     return {"f": f, "g": g}, [_call("mv", source=f, destination=g)]
 
 
-def _delete(rng, sim, dry):
-    here = _here(sim)
+def _delete(rng, sim, initial, dry):
+    untouched = _untouched_files(sim, initial)
     if dry:
-        return bool(_files(here))
-    f = rng.choice(_files(here))
+        return bool(untouched)
+    f = rng.choice(untouched)
     return {"f": f}, [_call("rm", name=f)]
 
 
-def _copy_text(rng, sim, dry):
+def _copy_text(rng, sim, initial, dry):
     here = _here(sim)
     if dry:
         return bool(_files(here)) and any(n not in here for n in NEW_FILES)
@@ -156,7 +178,7 @@ def _copy_text(rng, sim, dry):
     return {"f": f, "g": g}, [_call("cat", file_name=f), _call("write_file", file_name=g, content=here[f])]
 
 
-def _move_up(rng, sim, dry):
+def _move_up(rng, sim, initial, dry):
     here = _here(sim)
     parent = _here(sim, up=1)
     movable = [f for f in _files(here) if parent is not None and f not in parent]

@@ -3,11 +3,14 @@
 A multi-turn episode runs the policy's calls through ``env.execute(call)`` (the results go back to
 the model as tool messages); at the end, ``multi_turn_outcome(task, env)`` replays the task's
 ground-truth calls on a fresh environment and compares the two final states, as BFCL's multi-turn
-checker does.
+checker does; an episode with a malformed tool call in any assistant turn scores 0.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
+from ..toolcall import ParsedCompletion, parse_completion
 from .base import ToolEnv, ToolError, check_arguments
 from .filesystem import FileSystemEnv
 
@@ -37,19 +40,38 @@ def replay_ground_truth(task) -> ToolEnv:
     return env
 
 
-def multi_turn_outcome(task, final_env: ToolEnv, *, graded: bool = False) -> float:
+def multi_turn_outcome(task, final_env: ToolEnv, *, graded: bool = False, turns: Sequence = ()) -> float:
     """1.0 when ``final_env`` ends in the state the ground truth produces, else 0.0.
 
-    Graded: the share of paths (files and folders, in either final state) that agree, which is 1
-    exactly when the states are equal.
+    ``turns``: the episode's assistant turns (``ParsedCompletion``s or raw texts). When any of them
+    holds a malformed tool call the episode scores 0.0, exact and graded, whatever the final state:
+    as for the single-turn reward (SPEC.md section 4, ``awpo/rewards/outcome.py``), rewarding broken
+    output would teach a policy to emit it.
+
+    Graded: partial credit over the paths (files and folders) that matter, those whose expected final
+    state differs from the initial state plus those the episode changed: the share of them on which
+    the two final states agree. It is 1 exactly when the states are equal and 0 for an episode that
+    changes nothing (paths the task leaves alone, the top folder included, earn nothing).
     """
+    if any(not _well_formed(turn) for turn in turns):
+        return 0.0
     expected = replay_ground_truth(task).outcome_state()
     actual = final_env.outcome_state()
     if not graded or expected == actual:
         return 1.0 if expected == actual else 0.0
+    start = _flatten(make_env(task.env, task.env_state).outcome_state())
     want, got = _flatten(expected), _flatten(actual)
-    paths = set(want) | set(got)
+    paths = {p for p in set(want) | set(start) if want.get(p) != start.get(p)}
+    paths |= {p for p in set(got) | set(start) if got.get(p) != start.get(p)}
+    # the states differ, so some path differs from the start in one of them: ``paths`` is not empty
     return sum(want.get(p) == got.get(p) for p in paths) / len(paths)
+
+
+def _well_formed(turn) -> bool:
+    """Whether an assistant turn (a ``ParsedCompletion`` or its text) has no malformed tool call."""
+    if isinstance(turn, ParsedCompletion):
+        return turn.ok
+    return parse_completion(turn).ok
 
 
 def _flatten(state, prefix: str = "") -> dict[str, object]:

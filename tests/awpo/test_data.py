@@ -84,8 +84,11 @@ def test_shapes_and_ground_truths(train, heldout):
         if task.category == "multi_turn":
             assert [m["role"] for m in task.messages] == ["system", "user", "assistant", "user"]
             example = task.messages[2]["tool_calls"][0]["function"]
-            assert example["name"] == DICE_TOOL["name"] and DICE_TOOL in task.tools
+            assert example["name"] == DICE_TOOL["name"]
             assert DICE_TOOL["name"] not in TOOLS and DICE_TOOL["name"] not in [t["name"] for t in FileSystemEnv().tools()]
+            # the example's tool lies outside the environment, so it is not offered: every offered
+            # tool is one the environment executes
+            assert task.tools == FileSystemEnv().tools() and DICE_TOOL not in task.tools
             continue
         # two worked examples: a request no tool fits, answered without a call, then a call of an
         # offered tool that never carries a ground-truth answer

@@ -170,3 +170,71 @@ def test_builtin_multi_turn_episode_with_scripted_policy():
         dropped_last = task.ground_truth[-1][-1]["name"]
         if dropped_last != "cat":  # reading does not change the state
             assert multi_turn_outcome(task, lazy) == 0.0
+
+
+# ---------------------------------------------------------------------------- no free marks
+
+
+def test_no_builtin_multi_turn_task_passes_with_no_calls():
+    """The generator never lets a task end in its initial state (before: a delete of a file an earlier
+    turn had created cancelled it, and 52 train / 54 held-out tasks of 2000 passed with no call)."""
+    for split in ("train", "heldout"):
+        tasks = builtin_tasks(split, n=2000, seed=0, categories=["multi_turn"])
+        assert len(tasks) == 2000
+        for task in tasks:
+            start = make_env(task.env, task.env_state)
+            assert replay_ground_truth(task).outcome_state() != start.outcome_state(), task.id
+            assert multi_turn_outcome(task, start) == 0.0, task.id
+            assert multi_turn_outcome(task, make_env(task.env, task.env_state), graded=True) == 0.0, task.id
+    # the generator stays deterministic by seed
+    assert [t.to_dict() for t in builtin_tasks("train", n=50, seed=3, categories=["multi_turn"])] == \
+        [t.to_dict() for t in builtin_tasks("train", n=50, seed=3, categories=["multi_turn"])]
+
+
+def test_builtin_multi_turn_delete_removes_only_initial_files():
+    for task in builtin_tasks("heldout", n=300, seed=2, categories=["multi_turn"]):
+        env = make_env(task.env, task.env_state)
+        for turn in task.ground_truth:
+            for call in turn:
+                if call["name"] == "rm":
+                    path = [p for p in env.state()["cwd"].split("/") if p] + [call["arguments"]["name"]]
+                    node = task.env_state["root"]
+                    for part in path:
+                        node = node.get(part) if isinstance(node, dict) else None
+                    assert isinstance(node, str), (task.id, path)
+                assert not env.execute(call).startswith("Error")
+
+
+def test_multi_turn_graded_credit_counts_only_the_paths_that_change():
+    task = multi_turn(GT)   # adds docs/n.txt, removes docs/a.txt; docs/b.txt, empty/, top.md untouched
+    assert multi_turn_outcome(task, make_env("filesystem", START), graded=True) == 0.0   # was 0.75
+    half = make_env("filesystem", START)
+    run(half, "cd", folder="docs")
+    run(half, "write_file", file_name="n.txt", content="hi")
+    assert multi_turn_outcome(task, half, graded=True) == 0.5      # 1 of the 2 changed paths
+    run(half, "rm", name="b.txt")                                  # a change the task did not ask for
+    assert multi_turn_outcome(task, half, graded=True) == pytest.approx(1 / 3)
+    assert multi_turn_outcome(task, replay_ground_truth(task), graded=True) == 1.0
+
+
+BROKEN = '<think>done</think>\n<tool_call>\n{"name":'
+
+
+def test_malformed_turn_scores_zero_even_in_the_right_state():
+    task = multi_turn(GT)
+    right = replay_ground_truth(task)
+    good = ["<think>ok</think>\n" + format_tool_calls(turn) for turn in GT] + ["All done."]
+    assert multi_turn_outcome(task, right, turns=good) == 1.0
+    assert multi_turn_outcome(task, right, turns=[parse_completion(t) for t in good], graded=True) == 1.0
+    for where in range(len(good) + 1):
+        turns = good[:where] + [BROKEN] + good[where:]
+        assert parse_completion(BROKEN).error is not None
+        assert multi_turn_outcome(task, right, turns=turns) == 0.0
+        assert multi_turn_outcome(task, right, turns=[parse_completion(t) for t in turns], graded=True) == 0.0
+
+
+def test_every_offered_multi_turn_tool_is_executable():
+    for task in builtin_tasks("train", n=30, seed=0, categories=["multi_turn"]):
+        env = make_env(task.env, task.env_state)
+        for tool in task.tools:
+            assert not env.execute({"name": tool["name"], "arguments": {}}).startswith("Error: unknown tool"), tool

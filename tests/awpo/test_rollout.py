@@ -238,3 +238,64 @@ def test_continuation_text_follows_the_chat_template(tiny_model_dir):
     assert text == "\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n"
     text = continuation_text(tokenizer, [], history, "ok", reply, ended_with_eos=False)
     assert text.startswith("<|im_end|>\n<|im_start|>tool")
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring real multi-turn episodes: the built-in file-system environment and the real scorer
+# ----------------------------------------------------------------------------------------------
+
+def _builtin_multi_turn_task(index=0):
+    from awpo.data import builtin_tasks
+
+    return builtin_tasks("train", n=index + 1, seed=0, categories=["multi_turn"])[index]
+
+
+def _solve(task):
+    """Assistant turns that do each user turn with its ground-truth calls, then say it is done."""
+    return [text for turn in task.ground_truth
+            for text in ("<think>on it</think>\n" + format_tool_calls([ToolCall(c["name"], c["arguments"]) for c in turn]),
+                         "Done.")]
+
+
+def _score(task, replies, tiny_model_dir):
+    from awpo.scoring import score_episodes
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    options = RolloutOptions(num_generations=1, temperature=1.0, max_completion_length=4000, max_tool_rounds=3)
+    engine = ScriptedEngine(tokenizer, replies)
+    [episode] = run_episodes(engine, tokenizer, [task], options)   # the default make_env: awpo.envs
+    assert engine.replies == [] and episode.done and not episode.truncated
+    graded, exact = score_episodes([episode], graded=True), score_episodes([episode], graded=False)
+    return episode, exact.exact[0], graded.outcome[0]
+
+
+def test_multi_turn_episode_with_a_malformed_call_scores_zero(tiny_model_dir):
+    task = _builtin_multi_turn_task()
+    episode, exact, graded = _score(task, _solve(task), tiny_model_dir)
+    assert (exact, graded) == (1.0, 1.0)
+    # the same episode ending with a broken call: the environment is in the right state, but the
+    # output is malformed, so it scores 0 (exact and graded), as a single-turn completion would
+    broken = '<tool_call>\n{"name":'
+    episode, exact, graded = _score(task, _solve(task)[:-1] + [broken], tiny_model_dir)   # instead of "Done."
+    assert episode.turns[-1] == broken and episode.parsed_turns[-1].error is not None
+    from awpo.envs import replay_ground_truth
+    assert episode.env.outcome_state() == replay_ground_truth(task).outcome_state()
+    assert (exact, graded) == (0.0, 0.0)
+    # a broken call in an earlier turn also counts
+    replies = _solve(task)
+    replies[1] = "Done with that. " + broken   # ends the first user turn, not the episode
+    episode, exact, graded = _score(task, replies, tiny_model_dir)
+    assert episode.parsed_turns[1].error is not None and len(episode.turns) == len(replies)
+    assert episode.env.outcome_state() == replay_ground_truth(task).outcome_state()
+    assert (exact, graded) == (0.0, 0.0)
+
+
+def test_multi_turn_episode_that_does_nothing_scores_zero(tiny_model_dir):
+    from awpo.data import builtin_tasks
+
+    # builtin-train-00021 (write summary.txt, then remove it) used to pass with no call at all
+    tasks = builtin_tasks("train", n=120, seed=0, categories=["multi_turn"])
+    for task in tasks[:40:4] + [tasks[21]]:
+        episode, exact, graded = _score(task, ["Sorry, I cannot do that."] * len(task.ground_truth), tiny_model_dir)
+        assert episode.num_tool_calls == 0
+        assert (exact, graded) == (0.0, 0.0), task.id
