@@ -8,16 +8,32 @@ Protocol, one JSON object per line. The parent sends ``{"op": NAME, ...}`` and r
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``. While a ``multi_turn`` op runs,
 the worker may instead send ``{"generate": [request, ...]}`` (one request per episode waiting for
 the model) and waits for ``{"texts": [...], "errors": [...]}`` of the same length before going on.
+``multi_turn`` and ``score`` also send ``{"progress": {...}}`` messages (a finished episode with its
+outcome; the start of scoring, then each verdict), which let the parent time the work step by step.
 
 Scoring calls BFCL's per-entry evaluation helpers from ``bfcl_eval.eval_checker.eval_runner`` (the
 same functions ``bfcl evaluate`` runs), so verdicts are the official ones. The model is played by a
 subclass of BFCL's ``QwenFCHandler``: its Hermes ``<tool_call>`` decoding is the official one, and its
 ``_query_prompting`` asks the parent for the completion instead of an HTTP server.
 
-One deliberate addition: before BFCL turns a decoded call into Python source and ``eval()``s it, the
-function name and argument names must be plain identifiers (dotted names allowed). BFCL pastes them
-into the source unescaped, so without the check a completion could run arbitrary code; a call that
-fails it is treated like any other undecodable output.
+One deliberate addition, for multi-turn entries, where BFCL turns each decoded call into Python source
+and ``eval()``s it inside its ``multi_turn_utils`` module (the model's output is untrusted): the worker
+renders that source itself, and only for calls that pass ``_render_call``:
+
+- the name must be one of the methods BFCL itself binds for the entry: the public methods of the
+  entry's ``involved_classes`` (plain identifiers; BFCL's multi-turn function docs and ground truth
+  use no dotted names), so ``re.match``, ``importlib.import_module``, ``open``, ``eval`` ... are refused;
+- argument names must be identifiers (not keywords), and argument values plain JSON data
+  (str, int, finite float, bool, None, and lists / str-keyed dicts of those, nested at most
+  ``MAX_VALUE_DEPTH`` deep), written with ``repr``.
+
+So the evaluated string is one call of a backend method with literal arguments. A step with a refused
+call is treated like any other undecodable output: nothing in it runs, and the turn scores as one
+without that call. This is NOT a sandbox: an allowed backend method still runs with the arguments
+the model chose, and may be slow or memory-hungry (e.g. ``power`` with a huge exponent); the worker
+has the user's file-system rights and no resource limits. Against hangs, the parent
+(``BfclChecker``) kills and restarts a worker that does not answer within its request timeout.
+Single-turn categories are scored by BFCL's AST checker, which compares calls without running them.
 """
 
 from __future__ import annotations
@@ -27,16 +43,17 @@ import copy
 import inspect
 import itertools
 import json
+import keyword
+import math
 import os
 import queue
-import re
 import sys
 import threading
 import time
 import traceback
 
 REGISTERED_MODEL = "Qwen_Qwen3-8B-FC"  # a registered BFCL model whose handler parses Hermes tool calls
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+MAX_VALUE_DEPTH = 32  # nesting of lists / dicts in one argument value
 SUPPORTED_PREFIXES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance",
                       "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple",
                       "live_irrelevance", "live_relevance", "multi_turn_base", "multi_turn_miss_func",
@@ -62,27 +79,88 @@ def _import_bfcl():
 
 def _safe_handler_class():
     class SafeQwenFCHandler(QwenFCHandler):
-        """BFCL's Qwen-FC handler, refusing call names that are not identifiers before BFCL eval()s them."""
+        """BFCL's Qwen-FC handler whose ``decode_execute`` (the source BFCL ``eval()``s for multi-turn)
+        only renders calls of ``self.allowed_functions`` with literal arguments; anything else raises,
+        which BFCL treats as an undecodable step. ``allowed_functions`` is None (refuse everything)
+        until the entry being played or scored sets it."""
+
+        allowed_functions: frozenset | None = None
 
         @override
         def decode_execute(self, result, has_tool_call_tag):
-            for call in self._extract_tool_calls(result):
-                _check_call_is_identifiers(call)
-            return super().decode_execute(result, has_tool_call_tag)
+            tool_calls = self._extract_tool_calls(result)
+            if type(tool_calls) != list or any(type(item) != dict for item in tool_calls):
+                raise ValueError(f"Model did not return a list of function calls: {result}")
+            return [_render_call(call, self.allowed_functions) for call in tool_calls]
 
     return SafeQwenFCHandler
 
 
-def _check_call_is_identifiers(call) -> None:
-    if not isinstance(call, dict):
-        return  # BFCL's own decoder rejects it
+def _render_call(call: dict, allowed) -> str:
+    """``name(key=repr(value),...)``, exactly as BFCL's ``convert_to_function_call`` writes it, for a
+    call of an allowed method with plain-data arguments; ValueError for anything else."""
     name, arguments = call.get("name"), call.get("arguments")
-    if not isinstance(name, str) or not IDENTIFIER.match(name):
-        raise ValueError(f"refused tool call: function name {name!r} is not an identifier")
-    if isinstance(arguments, dict):
-        for key in arguments:
-            if not isinstance(key, str) or not key.isidentifier():
-                raise ValueError(f"refused tool call: argument name {key!r} is not an identifier")
+    if not isinstance(name, str) or not allowed or name not in allowed:
+        raise ValueError(f"refused tool call: {name!r} is not a function of this entry")
+    if isinstance(arguments, str):  # BFCL json-decodes string arguments
+        try:
+            arguments = json.loads(arguments)
+        except ValueError as exc:
+            raise ValueError(f"refused tool call {name}: arguments are not JSON ({exc})") from None
+    if not isinstance(arguments, dict):
+        raise ValueError(f"refused tool call {name}: arguments must be an object, got {type(arguments).__name__}")
+    parts = []
+    for key, value in arguments.items():
+        if not isinstance(key, str) or not key.isidentifier() or keyword.iskeyword(key):
+            raise ValueError(f"refused tool call {name}: argument name {key!r} is not an identifier")
+        _check_plain_value(value, f"{name}({key}=...)", 0)
+        parts.append(f"{key}={value!r}")
+    return f"{name}({','.join(parts)})"
+
+
+def _check_plain_value(value, where: str, depth: int) -> None:
+    if depth > MAX_VALUE_DEPTH:
+        raise ValueError(f"refused tool call {where}: value nested deeper than {MAX_VALUE_DEPTH}")
+    kind = type(value)
+    if value is None or kind in (str, int, bool):
+        return
+    if kind is float:
+        if not math.isfinite(value):  # repr gives `inf` / `nan`: names, not literals
+            raise ValueError(f"refused tool call {where}: non-finite float {value!r}")
+        return
+    if kind is list:
+        for item in value:
+            _check_plain_value(item, where, depth + 1)
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise ValueError(f"refused tool call {where}: dict key {key!r} is not a string")
+            _check_plain_value(item, where, depth + 1)
+        return
+    raise ValueError(f"refused tool call {where}: {kind.__name__} is not plain data")
+
+
+_METHOD_CACHE: dict = {}
+
+
+def _allowed_functions(involved_classes) -> frozenset:
+    """The names BFCL's ``execute_multi_turn_func_call`` binds to an instance for these classes:
+    the public methods of an instance of each class (computed the same way, cached per class)."""
+    from bfcl_eval.constants.executable_backend_config import CLASS_FILE_PATH_MAPPING
+    import importlib
+
+    names = set()
+    for class_name in involved_classes:
+        if class_name not in _METHOD_CACHE:
+            if class_name not in CLASS_FILE_PATH_MAPPING:
+                raise ValueError(f"unknown BFCL backend class {class_name!r}")
+            backend = getattr(importlib.import_module(CLASS_FILE_PATH_MAPPING[class_name]), class_name)
+            _METHOD_CACHE[class_name] = frozenset(
+                name for name, _ in inspect.getmembers(backend(), predicate=inspect.ismethod)
+                if not name.startswith("_"))
+        names |= _METHOD_CACHE[class_name]
+    return frozenset(names)
 
 
 def _new_handler(model_name: str = "Qwen/Qwen3-8B", **attributes):
@@ -165,15 +243,22 @@ def op_load(category: str, ids=None, limit=None) -> list[dict]:
 # scoring
 # --------------------------------------------------------------------------------------------
 
-def op_score(category: str, items: list[dict]) -> list[dict]:
+def op_score(category: str, items: list[dict], channel=None) -> list[dict]:
     """Official verdicts. Each item: {"id", "result"} plus, for entries not in BFCL, inline
     "function" / "ground_truth" (and "initial_config" / "involved_classes" for multi-turn).
     Single-turn results are raw completions; multi-turn results are BFCL's per-turn, per-step
-    model responses (what the ``multi_turn`` op returns)."""
+    model responses (what the ``multi_turn`` op returns).
+
+    With a channel, reports ``{"progress": {"scoring": 0}}`` once the data is loaded and
+    ``{"progress": {"verdict": ...}}`` after each item, so that the parent can time items one by one."""
     _check_category(category)
-    known = {entry["id"]: entry for entry in _entries(category, for_generation=False)}
+    if category not in _ENTRY_CACHE_KNOWN:
+        _ENTRY_CACHE_KNOWN[category] = {entry["id"]: entry for entry in _entries(category, for_generation=False)}
+    known = _ENTRY_CACHE_KNOWN[category]  # read-only: _entry_for_item copies the entry it uses
     handler = _new_handler()  # stateless for decoding; building one per item would cost an HTTP client each
     verdicts = []
+    if channel is not None:
+        channel.send({"progress": {"scoring": 0}})
     for item in items:
         try:
             entry = _entry_for_item(item, known)
@@ -181,7 +266,12 @@ def op_score(category: str, items: list[dict]) -> list[dict]:
         except Exception as exc:  # one broken item must not sink the batch
             verdicts.append({"id": item.get("id"), "valid": False, "error": [f"{type(exc).__name__}: {exc}"],
                              "error_type": "awpo:checker_exception"})
+        if channel is not None:
+            channel.send({"progress": {"verdict": verdicts[-1]}})
     return verdicts
+
+
+_ENTRY_CACHE_KNOWN: dict = {}
 
 
 def _entry_for_item(item: dict, known: dict) -> dict:
@@ -198,10 +288,12 @@ def _score_one(handler, category: str, entry: dict, result) -> dict:
     ground_truth = entry.pop("ground_truth", None)
     if bfcl_utils.is_multi_turn(category):
         model_name = _unique_model_name()
+        handler.allowed_functions = _allowed_functions(entry["involved_classes"])
         try:
             verdict = eval_runner._evaluate_single_multi_turn_entry(
                 handler, entry["id"], result, ground_truth, entry, model_name, category)
         finally:
+            handler.allowed_functions = None
             _forget_instances(model_name + "_eval")
             _forget_instances(model_name + "_ground_truth_eval")
     else:
@@ -270,14 +362,16 @@ class _Gateway:
             if kind == "finished":
                 results[payload["id"]] = payload
                 running -= 1
+                # the outcome travels with the progress report: a parent that has to kill this worker
+                # (timeout) keeps the episodes that had already finished
                 self.channel.send({"progress": {"id": payload["id"], "finished": len(results),
-                                                "total": len(episodes)}})
+                                                "total": len(episodes), "outcome": payload}})
             else:
                 waiting.append((payload, slot))
             if waiting and len(waiting) == running:  # every live episode waits for the model
                 self._answer(waiting)
                 waiting = []
-        return [results[entry["id"]] for entry in episodes]
+        return [entry["id"] for entry in episodes]  # outcomes were sent with the progress reports
 
     def _run(self, run_episode, entry):
         try:
@@ -326,7 +420,9 @@ def _episode_handler_class():
     return ParentModelHandler
 
 
-def op_multi_turn(category: str, ids=None, limit=None, max_concurrency: int = 8, channel=None) -> list[dict]:
+def op_multi_turn(category: str, ids=None, limit=None, max_concurrency: int = 8, channel=None) -> list[str]:
+    """Plays the entries; returns their ids in order. Each outcome ``{"id", "result", "error"}`` is sent
+    with the ``progress`` report of its episode."""
     _check_category(category)
     if not bfcl_utils.is_multi_turn(category):
         raise ValueError(f"multi_turn op needs a multi_turn_* category, got {category!r}")
@@ -340,6 +436,7 @@ def op_multi_turn(category: str, ids=None, limit=None, max_concurrency: int = 8,
                                 registry_name=REGISTERED_MODEL, is_fc_model=True)
         handler.model_name_underline_replaced = model_name
         handler.gateway, handler.entry_id = gateway, entry["id"]
+        handler.allowed_functions = _allowed_functions(entry["involved_classes"])
         episode = {key: value for key, value in copy.deepcopy(entry).items() if key != "ground_truth"}
         try:
             responses, _ = handler.inference(episode, include_input_log=False, exclude_state_log=True)
@@ -435,7 +532,7 @@ def serve() -> None:
         try:
             if op is None:
                 raise ValueError(f"unknown op; known: {sorted(OPS)}")
-            if op is op_multi_turn:
+            if op in (op_multi_turn, op_score):
                 request["channel"] = channel
             channel.send({"ok": True, "result": op(**request)})
         except Exception as exc:
