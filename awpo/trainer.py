@@ -147,11 +147,34 @@ def make_judge(config: Config, engine, tokenizer):
     return LLMJudge.from_engine(engine, tokenizer=tokenizer)
 
 
-def idle_cores() -> int:
-    """CPU cores not busy right now (from the 1-minute load average), at least 1."""
+def idle_cores(sample_s: float = 0.5) -> int:
+    """CPU cores not busy right now, at least 1: measured over `sample_s` from /proc/stat where it
+    exists (the 1-minute load average lags: right after a pip install it still counts a busy core),
+    else from the load average."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, int(cores - load + 0.5)))
+    busy = busy_cores(sample_s)
+    if busy is None:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def busy_cores(sample_s: float) -> float | None:
+    """How many of the machine's cores were busy during the next `sample_s` seconds (None: no /proc/stat)."""
+    def cpu_times():
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    try:
+        total_before, idle_before = cpu_times()
+        time.sleep(sample_s)
+        total_after, idle_after = cpu_times()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total_after - total_before
+    if total <= 0:
+        return None
+    return (total - (idle_after - idle_before)) / total * (os.cpu_count() or 1)
 
 
 def set_cpu_threads(count: int) -> None:

@@ -7,7 +7,11 @@ the advantages, the loss and the update are all real; everything else (rollouts,
 the fused loss, the optimizer, the weight sync, checkpoints) is the production path.
 """
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -258,6 +262,19 @@ def test_hf_rollout_fallback_trains_one_step(tiny_model_dir, tmp_path):
     assert type(trainer.engine).__name__ == "HFEngine"
     result = trainer.train()
     assert result.steps == 1 and read_steps(tmp_path)[1]["update/trained_tokens"] > 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat (Linux)")
+def test_busy_cores_sees_a_core_that_is_spinning_now():
+    """The thread count follows the load of the moment, not the lagging 1-minute average."""
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.5)
+        busy = trainer_module.busy_cores(1.0)
+    finally:
+        spinner.kill()
+    assert busy is not None and busy >= 0.8
+    assert 1 <= trainer_module.idle_cores(0.1) <= (os.cpu_count() or 1)
 
 
 def test_data_stream_is_a_seeded_permutation_per_epoch():
