@@ -104,7 +104,8 @@ class Config:
                                                 high=1.0, low_open=True, group="generation")
     eval_temperature: float = option(0.0, "held-out evaluation temperature (0: greedy)", low=0.0,
                                      group="generation")
-    eval_num_generations: int = option(1, "held-out samples per task (accuracy is their mean)", low=1,
+    eval_num_generations: int = option(1, "held-out samples per task (accuracy is their mean); greedy "
+                                       "evaluation (eval_temperature 0) always takes one", low=1,
                                        group="generation")
 
     # ---- policy loss (TRL GRPOConfig names) -------------------------------------------------------

@@ -436,8 +436,8 @@ class Trainer:
         started = time.perf_counter()
         episodes = run_episodes(self.engine, self.tokenizer, tasks, self._rollout_options(
             n, config.eval_temperature, seed=config.seed + _EVAL_SEED_OFFSET))
-        graded = score_episodes(episodes, graded=True).outcome
-        exact = score_episodes(episodes, graded=False).exact
+        scores = score_episodes(episodes, graded=True)
+        graded, exact = scores.outcome, scores.exact
         by_category: dict[str, list[float]] = {}
         for episode, value in zip(episodes, exact):
             by_category.setdefault(episode.task.category, []).append(value)
