@@ -50,11 +50,15 @@ class DataStream:
         if not tasks:
             raise ValueError("the training data set is empty")
         self.tasks, self.seed, self.position = list(tasks), seed, position
+        self._cached: tuple[int | None, list[int]] = (None, [])
 
     def _order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.tasks)))
-        random.Random(f"awpo-data:{self.seed}:{epoch}").shuffle(order)
-        return order
+        """The permutation of `epoch` (the last one is kept: batches draw from it many times)."""
+        if self._cached[0] != epoch:
+            order = list(range(len(self.tasks)))
+            random.Random(f"awpo-data:{self.seed}:{epoch}").shuffle(order)
+            self._cached = (epoch, order)
+        return self._cached[1]
 
     def next_batch(self, size: int) -> list:
         batch = []
