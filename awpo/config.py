@@ -312,8 +312,12 @@ def coerce(name: str, value):
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
-        if value is None:
+        if value is None or isinstance(value, dict):
             raise ValueError
+        if isinstance(value, (list, tuple)):  # a YAML list: the comma-separated form of the option
+            if not all(isinstance(item, (str, int, float)) and not isinstance(item, bool) for item in value):
+                raise ValueError
+            return ",".join(str(item).strip() for item in value)
         return str(value)
     except (TypeError, ValueError):
         kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[base]

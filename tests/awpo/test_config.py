@@ -128,3 +128,12 @@ def test_unknown_bfcl_category_fails_at_start_up(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--eval_bfcl", "simple_python,nonsense"])
     assert "eval_bfcl='simple_python,nonsense'" in capsys.readouterr().err
+
+
+def test_a_yaml_list_is_the_comma_separated_form_of_a_text_option(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("categories: [simple, multiple]\neval_bfcl:\n  - simple_python\n  - irrelevance\n")
+    config = parse_args(["--config", str(path)])
+    assert config.categories == "simple,multiple" and config.eval_bfcl == "simple_python,irrelevance"
+    with pytest.raises(ConfigError, match="expected a string"):
+        cfg.from_dict({"categories": {"simple": 1}})
