@@ -218,12 +218,18 @@ def test_resume_restores_the_rng_after_a_reseeding_engine_start_mocked(two_step_
     assert torch.equal(torch.get_rng_state(), load_trainer_state(tmp_path / "checkpoint-1")["rng"]["torch"])
 
 
+def model_and_rollouts(model_dir, engine, num_tasks, max_completion_length, seed):
+    """The tiny model, synced into vLLM, and 4 real rollouts of each of `num_tasks` tasks."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    engine.sync_weights(model)
+    episodes = run_episodes(engine, tokenizer, short_tasks(num_tasks), RolloutOptions(
+        num_generations=4, temperature=1.0, max_completion_length=max_completion_length, seed=seed))
+    return model, episodes
+
+
 def test_a_non_finite_gradient_stops_the_update_before_the_optimizer_step(tiny_model_dir, tiny_vllm_engine):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tiny_vllm_engine.sync_weights(model)
-    episodes = run_episodes(tiny_vllm_engine, tokenizer, short_tasks(1),
-                            RolloutOptions(num_generations=4, temperature=1.0, max_completion_length=6, seed=5))
+    model, episodes = model_and_rollouts(tiny_model_dir, tiny_vllm_engine, 1, 6, seed=5)
     batch = _batch_of(episodes, torch.tensor([1.0, -1.0, 0.5, -0.5]))
     with torch.no_grad():
         lm_head_weight(model)[:, 3] = float("nan")   # every logit NaN: loss and gradients too
@@ -237,11 +243,7 @@ def test_a_non_finite_gradient_stops_the_update_before_the_optimizer_step(tiny_m
 
 
 def test_update_raises_the_logprob_of_positive_advantage_completions(tiny_model_dir, tiny_vllm_engine):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tiny_vllm_engine.sync_weights(model)
-    episodes = run_episodes(tiny_vllm_engine, tokenizer, short_tasks(2),
-                            RolloutOptions(num_generations=4, temperature=1.0, max_completion_length=9, seed=11))
+    model, episodes = model_and_rollouts(tiny_model_dir, tiny_vllm_engine, 2, 9, seed=11)
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, -1.0, 1.0, 0.0, 0.0])
     batch = _batch_of(episodes, advantages)
     before = [token_logprobs(model, pack(batch, [i], "cpu"), 1.0)[0].sum() for i in range(len(batch))]
