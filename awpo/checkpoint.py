@@ -181,12 +181,11 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:
-    """The step a checkpoint holds: from its name `checkpoint-<step>`, else from its trainer_state.json."""
-    path = Path(path)
-    match = _CHECKPOINT_RE.match(path.name)
-    if match:
-        return int(match.group(1))
-    return int(json.loads((path / STATE_JSON).read_text())["step"])
+    """The step of a checkpoint directory named `checkpoint-<step>` (as `save_checkpoint` names them)."""
+    match = _CHECKPOINT_RE.match(Path(path).name)
+    if not match:
+        raise ValueError(f"{path} is not named {CHECKPOINT_PREFIX}<step>")
+    return int(match.group(1))
 
 
 def checkpoints_after(output_dir: str | os.PathLike, step: int | None) -> list[Path]:

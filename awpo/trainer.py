@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,22 +164,33 @@ def idle_cores(sample_s: float = 0.5) -> int:
 
 
 def busy_cores(sample_s: float) -> float | None:
-    """How many of the machine's cores were busy during the next `sample_s` seconds (None: no /proc/stat)."""
-    def cpu_times():
+    """How many of the cores this process may use were busy during the next `sample_s` seconds
+    (None: no /proc/stat)."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
+    def busy_and_total() -> tuple[int, int]:
+        busy = total = 0
         with open("/proc/stat") as handle:
-            values = [int(v) for v in handle.readline().split()[1:]]
-        return sum(values), values[3] + values[4]  # total, idle + iowait
+            for line in handle:
+                name, *fields = line.split()
+                if not (name.startswith("cpu") and name[3:].isdigit()):
+                    continue
+                if allowed is not None and int(name[3:]) not in allowed:
+                    continue
+                values = [int(v) for v in fields]
+                total += sum(values)
+                busy += sum(values) - values[3] - values[4]  # all but idle and iowait
+        return busy, total
 
     try:
-        total_before, idle_before = cpu_times()
+        busy_before, total_before = busy_and_total()
         time.sleep(sample_s)
-        total_after, idle_after = cpu_times()
+        busy_after, total_after = busy_and_total()
     except (OSError, ValueError, IndexError):
         return None
+    cores = len(allowed) if allowed is not None else (os.cpu_count() or 1)
     total = total_after - total_before
-    if total <= 0:
-        return None
-    return (total - (idle_after - idle_before)) / total * (os.cpu_count() or 1)
+    return (busy_after - busy_before) / total * cores if total > 0 else None
 
 
 def set_cpu_threads(count: int) -> None:
@@ -287,9 +299,10 @@ class Trainer:
                 f"another --output_dir, continue the newest checkpoint with --resume latest, or pass "
                 f"--overwrite_output_dir true to delete them")
         logger.warning("overwrite_output_dir: deleting %s in %s", names, self.output_dir)
-        ckpt.remove_checkpoints(p for p in stale if p.is_dir())
         for path in stale:
-            if path.is_file():
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
                 path.unlink()
 
     def _choose_cpu_threads(self, resume_state: dict | None) -> int | None:

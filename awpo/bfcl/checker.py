@@ -224,7 +224,7 @@ class BfclChecker:
             if len(suspects) == 1:
                 (culprit,) = suspects
                 logger.warning("BFCL worker: episode %r timed out after %s s; worker restarted", culprit, timeout_s)
-                finished({"id": culprit, "result": None,
+                finished({"id": culprit, "result": None, "error_type": TIMEOUT_ERROR_TYPE,
                           "error": f"timed out: the BFCL worker was silent for more than {timeout_s} s while "
                                    "executing this episode's calls; it was killed and restarted"})
             else:  # replay each suspect alone: the one that hangs again is the culprit
@@ -283,7 +283,7 @@ class BfclChecker:
         except BaseException:
             # Interrupted mid-conversation (e.g. Ctrl-C, or a generate callback that raised): the
             # worker may be waiting for an answer it will never get, so it cannot be reused.
-            self._kill()
+            self._discard()
             raise
 
     def _kill(self) -> None:

@@ -104,14 +104,16 @@ def _run_multi_turn(bfcl, generate_fn, category, limit, max_concurrency, progres
                                    on_episode=on_episode)
     if bar is not None:
         bar.close()
-    records = {e["id"]: _generation_failure(e["id"], e["error"]) for e in episodes if e["error"] is not None}
+    records = {e["id"]: _generation_failure(e["id"], e["error"], e.get("error_type", GENERATION_ERROR))
+               for e in episodes if e["error"] is not None}
     items = [{"id": e["id"], "result": e["result"]} for e in episodes if e["error"] is None]
     _add_verdicts(records, bfcl.score(category, items), items)
     return [records[e["id"]] for e in episodes]
 
 
-def _generation_failure(entry_id: str, reason: str) -> dict:
-    return {"id": entry_id, "valid": False, "error_type": GENERATION_ERROR, "error": [reason], "output": None}
+def _generation_failure(entry_id: str, reason: str, error_type: str = GENERATION_ERROR) -> dict:
+    """An entry that produced no scoreable output (generation failed, or its episode timed out)."""
+    return {"id": entry_id, "valid": False, "error_type": error_type, "error": [reason], "output": None}
 
 
 def _add_verdicts(records: dict, verdicts: list[dict], items: list[dict]) -> None:

@@ -165,6 +165,7 @@ def test_episode_timeout_stops_only_the_hung_episode(bfcl, ground_truth):
     assert [e["id"] for e in episodes] == ids
     by_id = {e["id"]: e for e in episodes}
     assert by_id[math_id]["result"] is None and "timed out" in by_id[math_id]["error"]
+    assert by_id[math_id]["error_type"] == TIMEOUT_ERROR_TYPE  # not counted as a generation error
     assert sorted(p["id"] for p in progress) == sorted(ids)
     assert [p["finished"] for p in progress] == [1, 2, 3] and all(p["total"] == 3 for p in progress)
     replayed = [{"id": i, "result": by_id[i]["result"]} for i in others]

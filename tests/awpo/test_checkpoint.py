@@ -126,10 +126,9 @@ def test_checkpoint_step_and_the_checkpoints_after_a_step(tmp_path):
     (tmp_path / "checkpoint-99").mkdir()  # no trainer state: not a checkpoint
     assert [p.name for p in ck.checkpoints_after(tmp_path, 2)] == ["checkpoint-7", "checkpoint-10"]
     assert len(ck.checkpoints_after(tmp_path, None)) == 3
-    elsewhere = tmp_path / "renamed"
-    elsewhere.mkdir()
-    (elsewhere / ck.STATE_JSON).write_text('{"step": 12}')
-    assert ck.checkpoint_step(tmp_path / "checkpoint-10") == 10 and ck.checkpoint_step(elsewhere) == 12
+    assert ck.checkpoint_step(tmp_path / "checkpoint-10") == 10
+    with pytest.raises(ValueError, match="not named checkpoint-<step>"):
+        ck.checkpoint_step(tmp_path / "renamed")
 
 
 def test_metrics_file_with_an_unfinished_last_line_still_reads(tmp_path):
