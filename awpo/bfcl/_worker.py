@@ -203,11 +203,16 @@ def _check_category(category: str) -> str:
 _ENTRY_CACHE: dict = {}
 
 
-def _entries(category: str, *, for_generation: bool) -> list[dict]:
+def _cached_entries(category: str, *, for_generation: bool) -> list[dict]:
+    """The category's entries, loaded once per worker; shared: callers copy what they change."""
     key = (category, for_generation)
     if key not in _ENTRY_CACHE:
         _ENTRY_CACHE[key] = _load_entries(category, for_generation)
-    return copy.deepcopy(_ENTRY_CACHE[key])
+    return _ENTRY_CACHE[key]
+
+
+def _entries(category: str, *, for_generation: bool) -> list[dict]:
+    return copy.deepcopy(_cached_entries(category, for_generation=for_generation))
 
 
 def _load_entries(category: str, for_generation: bool) -> list[dict]:
@@ -252,9 +257,8 @@ def op_score(category: str, items: list[dict], channel=None) -> list[dict]:
     With a channel, reports ``{"progress": {"scoring": 0}}`` once the data is loaded and
     ``{"progress": {"verdict": ...}}`` after each item, so that the parent can time items one by one."""
     _check_category(category)
-    if category not in _ENTRY_CACHE_KNOWN:
-        _ENTRY_CACHE_KNOWN[category] = {entry["id"]: entry for entry in _entries(category, for_generation=False)}
-    known = _ENTRY_CACHE_KNOWN[category]  # read-only: _entry_for_item copies the entry it uses
+    # read-only: _entry_for_item copies the entry it uses
+    known = {entry["id"]: entry for entry in _cached_entries(category, for_generation=False)}
     handler = _new_handler()  # stateless for decoding; building one per item would cost an HTTP client each
     verdicts = []
     if channel is not None:
@@ -269,9 +273,6 @@ def op_score(category: str, items: list[dict], channel=None) -> list[dict]:
         if channel is not None:
             channel.send({"progress": {"verdict": verdicts[-1]}})
     return verdicts
-
-
-_ENTRY_CACHE_KNOWN: dict = {}
 
 
 def _entry_for_item(item: dict, known: dict) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..toolcall import ParsedCompletion, parse_completion
 from .base import ToolEnv, ToolError, check_arguments
 from .filesystem import FileSystemEnv
 
@@ -43,7 +42,7 @@ def replay_ground_truth(task) -> ToolEnv:
 def multi_turn_outcome(task, final_env: ToolEnv, *, graded: bool = False, turns: Sequence = ()) -> float:
     """1.0 when ``final_env`` ends in the state the ground truth produces, else 0.0.
 
-    ``turns``: the episode's assistant turns (``ParsedCompletion``s or raw texts). When any of them
+    ``turns``: the episode's parsed assistant turns (``ParsedCompletion``s). When any of them
     holds a malformed tool call the episode scores 0.0, exact and graded, whatever the final state:
     as for the single-turn reward (SPEC.md section 4, ``awpo/rewards/outcome.py``), rewarding broken
     output would teach a policy to emit it.
@@ -53,7 +52,7 @@ def multi_turn_outcome(task, final_env: ToolEnv, *, graded: bool = False, turns:
     the two final states agree. It is 1 exactly when the states are equal and 0 for an episode that
     changes nothing (paths the task leaves alone, the top folder included, earn nothing).
     """
-    if any(not _well_formed(turn) for turn in turns):
+    if any(not turn.ok for turn in turns):
         return 0.0
     expected = replay_ground_truth(task).outcome_state()
     actual = final_env.outcome_state()
@@ -65,13 +64,6 @@ def multi_turn_outcome(task, final_env: ToolEnv, *, graded: bool = False, turns:
     paths |= {p for p in set(got) | set(start) if got.get(p) != start.get(p)}
     # the states differ, so some path differs from the start in one of them: ``paths`` is not empty
     return sum(want.get(p) == got.get(p) for p in paths) / len(paths)
-
-
-def _well_formed(turn) -> bool:
-    """Whether an assistant turn (a ``ParsedCompletion`` or its text) has no malformed tool call."""
-    if isinstance(turn, ParsedCompletion):
-        return turn.ok
-    return parse_completion(turn).ok
 
 
 def _flatten(state, prefix: str = "") -> dict[str, object]:

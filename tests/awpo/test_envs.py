@@ -224,12 +224,12 @@ def test_malformed_turn_scores_zero_even_in_the_right_state():
     task = multi_turn(GT)
     right = replay_ground_truth(task)
     good = ["<think>ok</think>\n" + format_tool_calls(turn) for turn in GT] + ["All done."]
-    assert multi_turn_outcome(task, right, turns=good) == 1.0
+    assert multi_turn_outcome(task, right, turns=[parse_completion(t) for t in good]) == 1.0
     assert multi_turn_outcome(task, right, turns=[parse_completion(t) for t in good], graded=True) == 1.0
     for where in range(len(good) + 1):
         turns = good[:where] + [BROKEN] + good[where:]
         assert parse_completion(BROKEN).error is not None
-        assert multi_turn_outcome(task, right, turns=turns) == 0.0
+        assert multi_turn_outcome(task, right, turns=[parse_completion(t) for t in turns]) == 0.0
         assert multi_turn_outcome(task, right, turns=[parse_completion(t) for t in turns], graded=True) == 0.0
 
 
