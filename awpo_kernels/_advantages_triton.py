@@ -4,7 +4,9 @@ Each program loads its group's G outcome and reasoning rewards into one masked b
 (`BLOCK_G` = next power of two >= G), computes the group statistics, gate, difficulty weight,
 tailored clip and the dynamic PPO clip bounds in registers, and writes the per-sequence outputs
 and the per-group diagnostics. Nothing leaves the device: the clipped fraction is reduced from
-the per-group counts in torch.
+the per-group counts in torch. The "gdpo" estimator is the one that looks across groups: the kernel
+writes each completion's z = A^o + reasoning_coef * A^s and the launcher whitens z over the whole
+batch with a few torch reductions on the device (`advantages._whiten_batch`; no host sync).
 
 The option choices (estimator, gate, ...) are constexprs because they change the code path; every
 numeric hyper-parameter is a runtime argument, so changing it never recompiles. Compiled Triton passes
@@ -20,8 +22,8 @@ import triton.language as tl
 
 from .outputs import GroupAdvantages
 
-ESTIMATOR_CODES = {"grpo": 0, "awpo": 1, "awpo_mixed": 2}
-GATE_CODES = {"soft": 0, "hard": 1, "ratio": 2}
+ESTIMATOR_CODES = {"grpo": 0, "awpo": 1, "awpo_mixed": 2, "reward_sum": 3, "gdpo": 4}
+GATE_CODES = {"soft": 0, "hard": 1, "ratio": 2, "none": 3}
 WEIGHT_CODES = {"linear": 0, "bernoulli": 1, "none": 2}
 
 
@@ -81,14 +83,16 @@ def _group_advantages_kernel(
         adv_s = o * 0.0
 
     # Variance-aware gate g and difficulty weight w.
+    pass_rate = tl.minimum(tl.maximum((o_first + o_mean_offset - o_min) / o_span, 0.0), 1.0)
     if GATE == 0:
         spread = tl.sqrt(o_sumsq / n) / (o_span * 0.5)
         g = 1.0 - tl.minimum(tl.maximum(spread, 0.0), 1.0)
     elif GATE == 1:
         g = tl.where(o_sumsq / n <= gate_threshold, 1.0, 0.0)
-    else:
+    elif GATE == 2:
         g = sd_s / (sd_o + sd_s + eps)
-    pass_rate = tl.minimum(tl.maximum((o_first + o_mean_offset - o_min) / o_span, 0.0), 1.0)
+    else:  # "none": the gate ablated, g = 1
+        g = pass_rate * 0.0 + 1.0
     if WEIGHT == 0:
         w = 1.0 - pass_rate
     elif WEIGHT == 1:
@@ -109,7 +113,7 @@ def _group_advantages_kernel(
             clipped_count = tl.sum((in_group & (r_clipped != r)).to(tl.int32), axis=0)
             r = r_clipped
         adv = adv_o + r
-    else:  # AWPO mixed at the reward level; a missing reasoning score falls back to the outcome
+    elif ESTIMATOR == 2:  # AWPO mixed at the reward level; a missing reasoning score falls back to the outcome
         m = (1.0 - g) * o + g * tl.where(s_valid, s, o)
         m_shifted = tl.where(in_group, m - tl.max(tl.where(in_group, m, float("-inf")), axis=0), 0.0)
         m_dev = tl.where(in_group, m_shifted - tl.sum(m_shifted, axis=0) / n, 0.0)
@@ -118,6 +122,23 @@ def _group_advantages_kernel(
             adv = w * (m_dev / (sd_m + eps))
         else:
             adv = w * m_dev
+    elif ESTIMATOR == 3:  # reward_sum: GRPO on x = o + reasoning_coef * s, a missing score counting as 0
+        if HAS_REASONING:
+            # Centred on member 0 like the outcome. Its x is picked out of the block (a sum of one value
+            # and zeros: exact), not recomputed, so equal x give exactly zero deviations however the
+            # compiler contracts o + coef * s; with no valid score x == o and this is GRPO's arithmetic.
+            x = o + reasoning_coef * tl.where(s_valid, s, 0.0)
+            x_shifted = tl.where(in_group, x - tl.sum(tl.where(member == 0, x, 0.0), axis=0), 0.0)
+            x_dev = tl.where(in_group, x_shifted - tl.sum(x_shifted, axis=0) / n, 0.0)
+            if SCALE_BY_STD:
+                sd_x = tl.sqrt(tl.sum(x_dev * x_dev, axis=0) / (n - correction))
+                adv = x_dev / (sd_x + eps)
+            else:
+                adv = x_dev
+        else:  # x = o: exactly GRPO
+            adv = adv_o
+    else:  # gdpo: z = A^o + reasoning_coef * A^s here; the launcher whitens z over the batch
+        adv = adv_o + reasoning_coef * adv_s
 
     if ESTIMATOR == 0:
         shrink = w * 0.0 + 1.0
@@ -138,7 +159,8 @@ def group_advantages_triton(
     outcome, reasoning, *, group_size, estimator, scale, unbiased, eps, outcome_range, gate, gate_threshold,
     weight, reasoning_coef, clip, clip_ratio, clip_max, clip_shrink, epsilon_low, epsilon_high, dtype,
 ) -> GroupAdvantages:
-    """Launch one program per group. Inputs are validated by the caller; `dtype` is the output dtype."""
+    """Launch one program per group. Inputs are validated by the caller; `dtype` is the output dtype.
+    For "gdpo" the kernel writes z per completion and the batch whitening follows here, on the device."""
     outcome = outcome.contiguous()
     num_seqs = outcome.shape[0]
     num_groups = num_seqs // group_size
@@ -166,6 +188,9 @@ def group_advantages_triton(
         GATE=GATE_CODES[gate], WEIGHT=WEIGHT_CODES[weight], CLIP_SIGN=clip == "sign", BLOCK_G=block,
         num_warps=1 if block <= 256 else 4,
     )
+    if estimator == "gdpo":
+        from .advantages import _whiten_batch  # torch reductions on the device: no host sync
+        adv = _whiten_batch(adv, 1 if unbiased else 0, float(eps))
     return GroupAdvantages(
         advantages=adv, epsilon_low=eps_low, epsilon_high=eps_high, gate=gate_out, weight=weight_out,
         outcome_std=outcome_std, reasoning_std=reasoning_std,

@@ -10,6 +10,7 @@ synchronises with the host; the value checks do (finite values, outcomes within 
 Both fast paths centre each group on one of its members before averaging, so a group of equal values
 has exactly zero deviations (a plain floating-point mean of 0.1, 0.1, 0.1 is not exactly 0.1, which
 would leave a 1e-17 spread that switches off "all outcomes equal": hard gate 1, clip by clip_max).
+The gdpo estimator's whitening over the batch centres on a member the same way (`_whiten_batch`).
 """
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from . import reference
 from ._runtime import check_choice, check_finite, resolve_backend, values_checked
 from .outputs import GroupAdvantages
 
-ESTIMATORS = ("grpo", "awpo", "awpo_mixed")
+ESTIMATORS = ("grpo", "awpo", "awpo_mixed", "reward_sum", "gdpo")
 SCALES = ("group", "none")
-GATES = ("soft", "hard", "ratio")
+GATES = ("soft", "hard", "ratio", "none")
 WEIGHTS = ("linear", "bernoulli", "none")
 CLIPS = ("sign", "none")
 
@@ -39,6 +40,16 @@ def group_advantages(
 
     `outcome [B]` must be finite; `reasoning [B]` may hold NaN (= no score). See SPEC.md section 2.
     Outputs are float32, or float64 when an input is float64.
+
+    Estimators: "awpo" (default: A^o + gated, weighted, sign-clipped reasoning term), "grpo" (A^o only);
+    ablations "awpo_mixed" (mixing at the reward level), "reward_sum" (GRPO on o + reasoning_coef * s,
+    a NaN score counting as 0; scale="none": x - mean) and "gdpo" (z = A^o + reasoning_coef * A^s, each
+    normalised in its group as for awpo, then (z - mean(z)) / (std(z) + eps) over all B completions of
+    this call, with the same `unbiased`, regardless of `scale`; all-equal z gives exactly 0). Without
+    reasoning, reward_sum is grpo and gdpo is grpo whitened over the batch. Gates: "soft", "hard",
+    "ratio", "none" (g = 1, an ablation). Every estimator but grpo shrinks the PPO clip epsilons by
+    1 / (1 + clip_shrink * g * w) and reports gate and weight; only awpo clips (clipped_fraction is 0
+    for the others).
     """
     options = dict(group_size=group_size, estimator=estimator, scale=scale, unbiased=unbiased, eps=eps,
                    outcome_range=outcome_range, gate=gate, gate_threshold=gate_threshold, weight=weight,
@@ -76,6 +87,18 @@ def _std(dev: torch.Tensor, count: torch.Tensor, correction: int) -> torch.Tenso
     return ((dev * dev).sum(dim=1, keepdim=True) / (count - correction).clamp(min=1)).sqrt()
 
 
+def _whiten_batch(z: torch.Tensor, correction: int, eps: float) -> torch.Tensor:
+    """(z - mean(z)) / (std(z) + eps) over all elements of z (gdpo's whitening across groups), on the
+    device without a host sync; centred on a member (`_centre`), so equal values give exactly 0. Also
+    used by the Triton path on the kernel's z."""
+    if z.numel() == 0:  # a shape test, not a sync
+        return z
+    flat = z.reshape(1, -1)
+    everyone = torch.ones_like(flat, dtype=torch.bool)
+    _, dev, count = _centre(flat, everyone)
+    return (dev / (_std(dev, count, correction) + eps)).reshape(z.shape)
+
+
 def _group_advantages_torch(
     outcome, reasoning, *, group_size, estimator, scale, unbiased, eps, outcome_range, gate, gate_threshold, weight,
     reasoning_coef, clip, clip_ratio, clip_max, clip_shrink, epsilon_low, epsilon_high, dtype,
@@ -103,8 +126,10 @@ def _group_advantages_torch(
         g = 1.0 - (_std(o_dev, n, 0) / ((o_max - o_min) / 2.0)).clamp(0.0, 1.0)
     elif gate == "hard":
         g = ((o_dev * o_dev).sum(dim=1, keepdim=True) / n <= gate_threshold).to(dtype)
-    else:
+    elif gate == "ratio":
         g = sd_s / (sd_o + sd_s + eps)
+    else:  # "none": the gate ablated
+        g = torch.ones_like(sd_o)
     pass_rate = ((mu_o - o_min) / (o_max - o_min)).clamp(0.0, 1.0)
     if weight == "linear":
         w = 1.0 - pass_rate
@@ -124,10 +149,18 @@ def _group_advantages_torch(
             clipped = r_clipped != r
             r = r_clipped
         adv = adv_o + r
-    else:  # awpo_mixed: mixing at the reward level; a missing reasoning score falls back to the outcome
+    elif estimator == "awpo_mixed":  # mixing at the reward level; a missing reasoning score falls back to o
         m = (1.0 - g) * o + g * (o if s is None else torch.where(s_valid, s, o))
         _, m_dev, _ = _centre(m, everyone)
         adv = w * (m_dev / (_std(m_dev, n, correction) + eps) if scale == "group" else m_dev)
+    elif estimator == "reward_sum":  # GRPO on x = o + coef * s (NaN s counts as 0); no reasoning: x = o
+        if s is None:
+            adv = adv_o
+        else:
+            _, x_dev, _ = _centre(o + reasoning_coef * torch.where(s_valid, s, 0.0), everyone)
+            adv = x_dev / (_std(x_dev, n, correction) + eps) if scale == "group" else x_dev
+    else:  # gdpo: both rewards normalised in their groups, summed, whitened over the whole batch
+        adv = _whiten_batch(adv_o + reasoning_coef * adv_s, correction, eps)
 
     shrink = torch.ones_like(g) if estimator == "grpo" else 1.0 / (1.0 + clip_shrink * g * w)
     per_seq_shrink = shrink.expand_as(o).reshape(-1)

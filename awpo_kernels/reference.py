@@ -59,6 +59,26 @@ def _from_first(x: torch.Tensor) -> torch.Tensor:
     return x - x[:, :1]
 
 
+def _group_normalised(x: torch.Tensor, scale: str, unbiased: bool, eps: float):
+    """(x - mean_q(x)) / (std_q(x) + eps) per group (x - mean_q(x) with scale="none"), and std_q(x).
+    The statistics are taken on _from_first(x), so a group of equal values gets exactly 0."""
+    mu = x[:, :1] + _from_first(x).mean(dim=1, keepdim=True)
+    sd = _std(_from_first(x), unbiased)
+    return ((x - mu) / (sd + eps) if scale == "group" else x - mu), sd
+
+
+def _whiten_batch(z: torch.Tensor, unbiased: bool, eps: float) -> torch.Tensor:
+    """(z - mean(z)) / (std(z) + eps) over every element of z (the whole batch, across groups), with the
+    same std correction as the group statistics. Centred on z's first element like _from_first, so a
+    batch of equal values gives exactly 0 (not rounding noise divided by eps)."""
+    if z.numel() == 0:
+        return z
+    flat = z.reshape(1, -1)
+    shifted = _from_first(flat)
+    dev = shifted - shifted.mean(dim=1, keepdim=True)
+    return (dev / (_std(shifted, unbiased) + eps)).reshape(z.shape)
+
+
 def _reasoning_stats(s: torch.Tensor, unbiased: bool, eps: float):
     """Mean/std of s over the valid (non-NaN) members of each group; A^s (0 for NaN members and for
     groups with fewer than 2 valid members)."""
@@ -84,7 +104,9 @@ def _gate(kind, o, sd_o, sd_s, half_range, gate_threshold, eps):
         return (_from_first(o).var(dim=1, correction=0, keepdim=True) <= gate_threshold).to(o.dtype)
     if kind == "ratio":
         return sd_s / (sd_o + sd_s + eps)
-    raise ValueError(f"gate must be 'soft', 'hard' or 'ratio', got {kind!r}")
+    if kind == "none":  # ablation of the gate: the reasoning term always passes
+        return torch.ones_like(sd_o)
+    raise ValueError(f"gate must be 'soft', 'hard', 'ratio' or 'none', got {kind!r}")
 
 
 def _difficulty_weight(kind, pass_rate):
@@ -112,8 +134,7 @@ def group_advantages(
     half_range = (o_max - o_min) / 2.0
 
     mu_o = o[:, :1] + _from_first(o).mean(dim=1, keepdim=True)
-    sd_o = _std(_from_first(o), unbiased)
-    adv_o = (o - mu_o) / (sd_o + eps) if scale == "group" else o - mu_o
+    adv_o, sd_o = _group_normalised(o, scale, unbiased, eps)
     sd_s, adv_s = _reasoning_stats(s, unbiased, eps)
 
     g = _gate(gate, o, sd_o, sd_s, half_range, gate_threshold, eps)
@@ -139,9 +160,24 @@ def group_advantages(
         m = (1.0 - g) * o + g * torch.where(torch.isnan(s), o, s)
         centred = _from_first(m) - _from_first(m).mean(dim=1, keepdim=True)
         adv = w * (centred / (_std(_from_first(m), unbiased) + eps) if scale == "group" else centred)
+    elif estimator == "reward_sum":
+        # Baseline: GRPO on the summed reward x = o + reasoning_coef * s, a missing score counting as 0
+        # (so all-NaN or absent reasoning gives exactly GRPO). `scale="none"` gives x - mean(x).
+        # Gate and weight are only diagnostics here (and drive the epsilon shrink); nothing is clipped.
+        x = o + reasoning_coef * torch.where(torch.isnan(s), torch.zeros_like(s), s)
+        adv, _ = _group_normalised(x, scale, unbiased, eps)
+    elif estimator == "gdpo":
+        # Baseline (GDPO): each reward normalised in its group first (A^o with `scale`, A^s exactly as for
+        # awpo: 0 for NaN members and for groups with fewer than 2 valid scores), summed, then whitened
+        # over the whole batch this call receives (all B completions, across groups). The whitening uses
+        # the same `unbiased` choice and `eps` and ignores `scale`; a batch of equal z gives exactly 0.
+        # Without reasoning this is GRPO whitened over the batch. Gate/weight: diagnostics and shrink only.
+        adv = _whiten_batch(adv_o + reasoning_coef * adv_s, unbiased, eps)
     else:
-        raise ValueError(f"estimator must be 'grpo', 'awpo' or 'awpo_mixed', got {estimator!r}")
+        raise ValueError(f"estimator must be 'grpo', 'awpo', 'awpo_mixed', 'reward_sum' or 'gdpo', got {estimator!r}")
 
+    # The dynamic clip (SPEC "clip_shrink") applies to every estimator but GRPO, the baselines included,
+    # with the gate and weight computed as for AWPO.
     if estimator == "grpo":
         shrink = torch.ones_like(g)
     else:

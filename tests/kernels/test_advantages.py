@@ -1,5 +1,6 @@
 """`group_advantages` on every backend against `reference.group_advantages` (float64), the four AWPO
-properties of SPEC.md section 2, hand-computed examples, and input validation.
+properties of SPEC.md section 2, the defining properties of the ablation baselines (reward_sum, gdpo,
+gate "none"), hand-computed examples, and input validation.
 
 Backends: `torch` always; `triton_interp` (Triton on CPU) only when TRITON_INTERPRET=1 was set before
 triton was imported, which `test_advantages_triton_interpreted.py` does in a subprocess; `triton_cuda`
@@ -93,7 +94,22 @@ MIXED_CASES = [dict(estimator="awpo_mixed", gate=g, weight=w)
                for g, w in itertools.product(("soft", "hard", "ratio"), ("linear", "bernoulli", "none"))]
 MIXED_CASES += [dict(estimator="awpo_mixed", scale="none", gate="ratio"), dict(estimator="awpo_mixed", unbiased=False)]
 GRPO_CASES = [dict(estimator="grpo"), dict(estimator="grpo", scale="none"), dict(estimator="grpo", unbiased=False)]
-CASES = AWPO_CASES + MIXED_CASES + GRPO_CASES
+# The ablations: gate "none" on both AWPO estimators; reward_sum and gdpo with both scales, both std
+# corrections, another reasoning_coef, and several gates / weights (their gate and weight are diagnostics
+# and drive the epsilon shrink). Appended, so the cases above keep their seeds.
+GATE_NONE_CASES = [dict(estimator="awpo", gate="none", weight=w, clip=c)
+                   for w, c in (("linear", "sign"), ("bernoulli", "none"), ("none", "sign"))]
+GATE_NONE_CASES += [dict(estimator="awpo_mixed", gate="none", weight="linear"),
+                    dict(estimator="awpo_mixed", gate="none", weight="none", scale="none")]
+REWARD_SUM_CASES = [dict(estimator="reward_sum"), dict(estimator="reward_sum", scale="none"),
+                    dict(estimator="reward_sum", unbiased=False, gate="ratio", weight="bernoulli"),
+                    dict(estimator="reward_sum", reasoning_coef=2.5, gate="none"),
+                    dict(estimator="reward_sum", reasoning_coef=0.3, gate="hard", weight="none", scale="none")]
+GDPO_CASES = [dict(estimator="gdpo"), dict(estimator="gdpo", scale="none"),
+              dict(estimator="gdpo", unbiased=False, gate="ratio", weight="bernoulli"),
+              dict(estimator="gdpo", reasoning_coef=2.5, gate="none"),
+              dict(estimator="gdpo", reasoning_coef=0.3, gate="hard", weight="none", unbiased=False, scale="none")]
+CASES = AWPO_CASES + MIXED_CASES + GRPO_CASES + GATE_NONE_CASES + REWARD_SUM_CASES + GDPO_CASES
 GROUP_SIZES = (2, 3, 5, 7, 16)
 
 
@@ -119,8 +135,8 @@ def test_matches_reference(adv_backend, case, group_size):
     assert_matches_reference(out32, ref32, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("estimator", ("grpo", "awpo", "awpo_mixed"))
-@pytest.mark.parametrize("gate", ("soft", "ratio"))
+@pytest.mark.parametrize("estimator", ("grpo", "awpo", "awpo_mixed", "reward_sum", "gdpo"))
+@pytest.mark.parametrize("gate", ("soft", "ratio", "none"))
 def test_without_reasoning_matches_reference(adv_backend, estimator, gate):
     outcome, _ = random_batch(9, 5, seed=7, graded=True)
     options = dict(group_size=5, estimator=estimator, gate=gate, clip_shrink=0.5)
@@ -226,6 +242,196 @@ def test_property4_reasoning_shift_and_scale_leave_advantages_unchanged(adv_back
     assert not torch.equal(base, run(adv_backend, outcome, None, **options).advantages)  # reasoning matters here
 
 
+# ----------------------------------------------------------------------------- the ablation baselines
+
+def equal_groups(group_size, seed, num_groups=12):
+    """Every group's outcomes equal (graded levels that a plain floating-point mean does not average
+    exactly), one level per group, in float64 [num_groups * group_size]."""
+    gen = torch.Generator().manual_seed(seed)
+    levels = torch.tensor([0.0, 0.1, 0.3, 0.6, 0.75, 1.0], dtype=f64)
+    picks = torch.randint(0, len(levels), (num_groups, 1), generator=gen)
+    picks[: len(levels), 0] = torch.arange(len(levels))  # every level at least once
+    return levels[picks].expand(-1, group_size).reshape(-1)
+
+
+@pytest.mark.parametrize("scale,unbiased", [("group", True), ("none", True), ("group", False)])
+def test_reward_sum_is_grpo_on_the_summed_reward(adv_backend, scale, unbiased):
+    outcome, reasoning = property_batch(seed=21, graded=True)
+    coef = 1.7
+    options = dict(group_size=6, scale=scale, unbiased=unbiased)
+    for dtype, tol in ((f64, 1e-10), (torch.float32, 2e-5)):
+        o, s = outcome.to(dtype), reasoning.to(dtype)
+        got = run(adv_backend, o, s, estimator="reward_sum", reasoning_coef=coef, **options)
+        summed = o + coef * torch.nan_to_num(s, nan=0.0)  # x = o + coef * s, NaN counting as 0
+        grpo = run(adv_backend, summed, None, estimator="grpo", outcome_range=(0.0, 1.0 + coef), **options)
+        assert got.advantages.dtype == dtype and got.clipped_fraction == 0
+        torch.testing.assert_close(got.advantages, grpo.advantages, atol=tol, rtol=tol)
+        torch.testing.assert_close(got.outcome_std, run(adv_backend, o, s, estimator="grpo", **options).outcome_std)
+    plain = run(adv_backend, outcome, None, estimator="grpo", **options).advantages
+    assert not torch.allclose(got.advantages.to(f64), plain, atol=1e-3)  # the reasoning reward is live here
+
+
+def test_reward_sum_without_reasoning_signal_is_exactly_grpo(adv_backend):
+    outcome, reasoning = property_batch(seed=22, graded=True)
+    options = dict(group_size=6, clip_shrink=0.4)
+    for dtype in (f64, torch.float32):
+        o, s = outcome.to(dtype), reasoning.to(dtype)
+        grpo = run(adv_backend, o, s, estimator="grpo", **options).advantages
+        for scores, coef in ((None, 1.0), (torch.full_like(s, NAN), 1.0), (s, 0.0)):
+            out = run(adv_backend, o, scores, estimator="reward_sum", reasoning_coef=coef, **options)
+            assert torch.equal(out.advantages, grpo)
+
+
+@pytest.mark.parametrize("scale,unbiased", [("group", True), ("group", False), ("none", True)])
+def test_gdpo_is_whitened_over_the_batch(adv_backend, scale, unbiased):
+    outcome, reasoning = property_batch(seed=23)
+    options = dict(group_size=6, estimator="gdpo", scale=scale, unbiased=unbiased, reasoning_coef=1.3)
+    for dtype, tol in ((f64, 1e-12), (torch.float32, 1e-5)):
+        out = run(adv_backend, outcome.to(dtype), reasoning.to(dtype), **options)
+        adv = out.advantages.to(f64)
+        assert out.advantages.dtype == dtype and out.clipped_fraction == 0
+        assert abs(adv.mean().item()) < tol
+        # std(z) / (std(z) + eps) = 1 - eps / std(z), with the same std correction as the groups
+        assert adv.std(correction=1 if unbiased else 0).item() == pytest.approx(1.0, abs=1e-5)
+    # whitened over the batch, not per group: the groups' spreads differ
+    group_std = adv.reshape(-1, 6).std(dim=1)
+    assert group_std.max() - group_std.min() > 0.5
+
+
+def test_gdpo_couples_the_groups_of_a_call(adv_backend):
+    """Changing one group's rewards rescales every other group's advantages by one common factor."""
+    outcome, reasoning = property_batch(seed=27)
+    groups = outcome.reshape(-1, 6)
+    k = next(i for i in range(6, groups.shape[0]) if groups[i].std() > 0)  # a group with mixed outcomes
+    changed = groups.clone()
+    changed[k] = 1.0  # now all solved: A^o = 0 there
+    others = torch.ones_like(groups, dtype=torch.bool)
+    others[k] = False
+    others = others.reshape(-1)
+    for dtype, tol in ((f64, 1e-9), (torch.float32, 2e-5)):
+        base = run(adv_backend, outcome.to(dtype), reasoning.to(dtype), group_size=6, estimator="gdpo").advantages
+        moved = run(adv_backend, changed.reshape(-1).to(dtype), reasoning.to(dtype), group_size=6,
+                    estimator="gdpo").advantages
+        live = others & (base.abs() > 0.05)
+        ratio = moved.to(f64)[live] / base.to(f64)[live]
+        assert live.sum() > 0.5 * others.sum()
+        torch.testing.assert_close(ratio, torch.full_like(ratio, ratio[0].item()), atol=0, rtol=tol)
+        assert abs(ratio[0].item() - 1.0) > 1e-3
+
+
+@pytest.mark.parametrize("unbiased", (True, False))
+def test_gdpo_without_reasoning_is_whitened_grpo(adv_backend, unbiased):
+    outcome, reasoning = property_batch(seed=24, graded=True)
+    options = dict(group_size=6, unbiased=unbiased)
+    for dtype, tol in ((f64, 1e-10), (torch.float32, 1e-5)):
+        o, s = outcome.to(dtype), reasoning.to(dtype)
+        grpo = run(adv_backend, o, None, estimator="grpo", **options).advantages.to(f64)
+        expected = (grpo - grpo.mean()) / (grpo.std(correction=1 if unbiased else 0) + 1e-6)
+        for scores, coef in ((None, 1.0), (torch.full_like(s, NAN), 1.0), (s, 0.0)):
+            got = run(adv_backend, o, scores, estimator="gdpo", reasoning_coef=coef, **options).advantages
+            torch.testing.assert_close(got.to(f64), expected, atol=tol, rtol=tol)
+        with_reasoning = run(adv_backend, o, s, estimator="gdpo", **options).advantages.to(f64)
+        assert not torch.allclose(with_reasoning, expected, atol=1e-2)  # the reasoning reward is live here
+
+
+@pytest.mark.parametrize("scores", ("none", "all_nan", "one_valid", "equal"))
+def test_equal_rewards_give_exactly_zero(adv_backend, scores):
+    """gdpo on a batch whose z are all equal, and reward_sum on groups whose summed rewards are equal,
+    give exactly 0: never rounding noise divided by eps."""
+    group_size = 7
+    outcome = equal_groups(group_size, seed=28)
+    num_groups = outcome.numel() // group_size
+    reasoning = torch.full((num_groups, group_size), NAN, dtype=f64)
+    if scores == "one_valid":
+        reasoning[:, 3] = 0.6
+    elif scores == "equal":  # a different score per group, graded too
+        reasoning[:] = (0.1 + 0.2 * torch.arange(num_groups, dtype=f64) % 0.9)[:, None]
+    reasoning = None if scores == "none" else reasoning.reshape(-1)
+    estimators = ("gdpo",) if scores == "one_valid" else ("gdpo", "reward_sum")  # x = o + s is not equal there
+    for dtype in (f64, torch.float32):
+        for estimator, unbiased, scale in itertools.product(estimators, (True, False), ("group", "none")):
+            out = run(adv_backend, outcome.to(dtype), None if reasoning is None else reasoning.to(dtype),
+                      group_size=group_size, estimator=estimator, unbiased=unbiased, scale=scale,
+                      reasoning_coef=1.3, gate="none", clip_shrink=0.5)
+            assert torch.equal(out.advantages, torch.zeros_like(out.advantages)), (estimator, unbiased, scale)
+            assert (out.outcome_std == 0).all() and (out.gate == 1).all()
+
+
+@pytest.mark.parametrize("estimator", ("grpo", "awpo", "awpo_mixed", "reward_sum", "gdpo"))
+def test_gate_none_is_one_everywhere(adv_backend, estimator):
+    outcome, reasoning = property_batch(seed=25, graded=True)
+    options = dict(group_size=6, estimator=estimator, weight="bernoulli", clip_shrink=0.8, reasoning_coef=2.0)
+    for dtype in (f64, torch.float32):
+        o, s = outcome.to(dtype), reasoning.to(dtype)
+        out = run(adv_backend, o, s, gate="none", **options)
+        assert torch.equal(out.gate, torch.ones_like(out.gate))
+        # the same as a hard gate that is always open: popvar(o) <= (range / 2)^2 = 0.25 < 1
+        always_open = run(adv_backend, o, s, gate="hard", gate_threshold=1.0, **options)
+        for field in FIELDS:
+            assert torch.equal(getattr(out, field), getattr(always_open, field)), field
+        shrink = 1.0 if estimator == "grpo" else 1.0 / (1.0 + 0.8 * out.weight.to(f64))
+        expected = (0.2 * shrink * torch.ones(out.weight.shape[0], 6, dtype=f64).T).T.reshape(-1)
+        torch.testing.assert_close(out.epsilon_low.to(f64), expected, atol=1e-7, rtol=1e-6)
+    if estimator in ("awpo", "awpo_mixed"):  # and the gate matters for AWPO
+        assert not torch.equal(out.advantages, run(adv_backend, o, s, gate="soft", **options).advantages)
+
+
+@pytest.mark.parametrize("estimator", ("reward_sum", "gdpo"))
+@pytest.mark.parametrize("gate,weight", [("soft", "linear"), ("ratio", "bernoulli"), ("none", "none")])
+def test_baselines_report_awpo_diagnostics_and_shrink_without_clipping(adv_backend, estimator, gate, weight):
+    outcome, reasoning = property_batch(seed=26, graded=True)
+    options = dict(group_size=6, gate=gate, weight=weight, reasoning_coef=4.0, clip_shrink=0.9, epsilon_high=0.28)
+    for dtype in (f64, torch.float32):
+        o, s = outcome.to(dtype), reasoning.to(dtype)
+        awpo = run(adv_backend, o, s, estimator="awpo", **options)
+        out = run(adv_backend, o, s, estimator=estimator, **options)
+        assert awpo.clipped_fraction > 0 and out.clipped_fraction == 0
+        for field in ("epsilon_low", "epsilon_high", "gate", "weight", "outcome_std", "reasoning_std"):
+            torch.testing.assert_close(getattr(out, field), getattr(awpo, field), atol=1e-7, rtol=1e-6)
+        shrink = 1.0 / (1.0 + 0.9 * out.gate.to(f64) * out.weight.to(f64))
+        assert (shrink < 1).any()
+        torch.testing.assert_close(out.epsilon_high.to(f64).reshape(-1, 6), (0.28 * shrink)[:, None].expand(-1, 6),
+                                   atol=1e-7, rtol=1e-6)
+
+
+def test_reward_sum_hand_computed(adv_backend):
+    # x = o + s (NaN -> 0) = [2, .5, 0, 0]; mean .625; deviations [1.375, -.125, -.625, -.625];
+    # sum of squares 1.890625 + .015625 + 2 * .390625 = 2.6875; unbiased std sqrt(2.6875 / 3).
+    out = run(adv_backend, OUTCOME_1000, REASONING_HALVES, group_size=4, estimator="reward_sum")
+    dev = torch.tensor([1.375, -0.125, -0.625, -0.625], dtype=f64)
+    torch.testing.assert_close(out.advantages, dev / math.sqrt(2.6875 / 3), atol=1e-5, rtol=0)
+    assert out.clipped_fraction.item() == 0.0
+    # scale "none", coefficient 2: x = [3, 1, 0, 0], mean 1, A = x - mean
+    dr = run(adv_backend, OUTCOME_1000, REASONING_HALVES, group_size=4, estimator="reward_sum", scale="none",
+             reasoning_coef=2.0)
+    assert dr.advantages.tolist() == [2.0, 0.0, -1.0, -1.0]
+    dr32 = run(adv_backend, OUTCOME_1000.float(), REASONING_HALVES.float(), group_size=4, estimator="reward_sum",
+               scale="none", reasoning_coef=2.0)
+    assert dr32.advantages.tolist() == [2.0, 0.0, -1.0, -1.0]
+
+
+def test_gdpo_hand_computed(adv_backend):
+    # Group 1: A^o = [1.5, -.5, -.5, -.5], A^s = [1, 0, -1, 0] (up to eps), z = [2.5, -.5, -1.5, -.5].
+    # Group 2: outcomes all 0, no reasoning score: z = 0. Over the batch of 8: mean 0, sum of squares 9,
+    # unbiased std sqrt(9 / 7). With population stds: A^o = [r3, -1/r3, -1/r3, -1/r3] (r3 = sqrt(3)),
+    # A^s = [r1.5, 0, -r1.5, 0] (std of 1, .5, 0 is sqrt(1/6)); z sums to 0 again, whitened by sqrt(ss / 8).
+    outcome = torch.cat([OUTCOME_1000, torch.zeros(4, dtype=f64)])
+    reasoning = torch.cat([REASONING_HALVES, torch.full((4,), NAN, dtype=f64)])
+    z = torch.tensor([2.5, -0.5, -1.5, -0.5, 0.0, 0.0, 0.0, 0.0], dtype=f64)
+    r3, r15 = math.sqrt(3.0), math.sqrt(1.5)
+    z_pop = torch.tensor([r3 + r15, -1 / r3, -1 / r3 - r15, -1 / r3, 0.0, 0.0, 0.0, 0.0], dtype=f64)
+    for dtype in (f64, torch.float32):
+        o, s = outcome.to(dtype), reasoning.to(dtype)
+        out = run(adv_backend, o, s, group_size=4, estimator="gdpo", gate="ratio", clip_shrink=1.0)
+        torch.testing.assert_close(out.advantages.to(f64), z / math.sqrt(9 / 7), atol=1e-5, rtol=0)
+        pop = run(adv_backend, o, s, group_size=4, estimator="gdpo", unbiased=False).advantages
+        torch.testing.assert_close(pop.to(f64), z_pop / math.sqrt((z_pop ** 2).sum().item() / 8), atol=1e-5, rtol=0)
+        # ratio gate .5 and linear weight .75 in group 1 (gate 0, weight 1 in group 2): eps / (1 + g * w)
+        torch.testing.assert_close(out.epsilon_low.to(f64), torch.tensor([0.2 / 1.375] * 4 + [0.2] * 4, dtype=f64),
+                                   atol=1e-6, rtol=0)
+        assert out.clipped_fraction.item() == 0.0
+
+
 # ----------------------------------------------------------------------------- hand-computed examples
 
 OUTCOME_1000 = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=f64)
@@ -320,9 +526,12 @@ def test_fewer_than_two_valid_scores_give_no_reasoning_term(adv_backend):
     assert out.reasoning_std.tolist() == [0.0, 0.0] and out.gate.tolist() == [0.0, 0.0]
 
 
-def test_empty_batch(adv_backend):
-    out = run(adv_backend, torch.zeros(0, dtype=f64), torch.zeros(0, dtype=f64), group_size=4)
-    assert out.advantages.shape == (0,) and out.gate.shape == (0,)
+@pytest.mark.parametrize("estimator", ("awpo", "reward_sum", "gdpo"))
+def test_empty_batch(adv_backend, estimator):
+    for dtype in (f64, torch.float32):
+        out = run(adv_backend, torch.zeros(0, dtype=dtype), torch.zeros(0, dtype=dtype), group_size=4,
+                  estimator=estimator)
+        assert out.advantages.shape == (0,) and out.gate.shape == (0,)
 
 
 @pytest.mark.parametrize("adv_backend", [p for p in BACKENDS if p.id != "torch"])
@@ -427,7 +636,9 @@ def test_cuda_no_host_sync(name, monkeypatch):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for estimator in ("grpo", "awpo", "awpo_mixed"):
+        for estimator in ("grpo", "awpo", "awpo_mixed", "reward_sum", "gdpo"):
             ak.group_advantages(outcome, reasoning, group_size=5, backend=name, estimator=estimator)
+        ak.group_advantages(outcome, reasoning, group_size=5, backend=name, gate="none")
+        ak.group_advantages(outcome, None, group_size=5, backend=name, estimator="gdpo")
     finally:
         torch.cuda.set_sync_debug_mode(0)

@@ -1,8 +1,9 @@
 """The Triton `group_advantages` kernel on CPU, under the Triton interpreter.
 
 TRITON_INTERPRET=1 must be set before triton is imported, so this runs the `triton_interp` cases of
-`test_advantages.py` (reference comparisons, the four AWPO properties, hand-computed examples) in a
-fresh Python process with the variable set.
+`test_advantages.py` (reference comparisons, the four AWPO properties, the properties of the ablation
+baselines reward_sum / gdpo / gate "none", hand-computed examples) in a fresh Python process with the
+variable set.
 """
 import os
 import re

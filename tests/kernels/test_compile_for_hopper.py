@@ -123,7 +123,11 @@ ADVANTAGE_VARIANTS = [
     for estimator, gate, weight, clip, scale, reasoning in [
         (1, 0, 0, True, True, True), (1, 1, 1, False, False, True), (1, 2, 2, True, True, True),
         (2, 0, 1, False, True, True), (2, 2, 0, False, False, True), (0, 0, 2, False, True, False),
-        (1, 2, 0, True, True, False)]
+        (1, 2, 0, True, True, False),
+        # gate "none" (3); reward_sum (3) with and without reasoning, both scales; gdpo (4) likewise
+        (1, 3, 1, True, True, True), (2, 3, 2, False, True, True),
+        (3, 0, 0, False, True, True), (3, 3, 1, False, False, True), (3, 1, 2, False, True, False),
+        (4, 3, 0, False, True, True), (4, 2, 1, False, False, True), (4, 0, 2, False, True, False)]
 ]
 
 
