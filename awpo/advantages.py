@@ -12,18 +12,10 @@ from typing import Sequence
 
 import torch
 
-try:
-    from awpo_kernels import group_advantages
-except ImportError:  # the fast ops not built yet: the reference has the same math and signature
-    from awpo_kernels.reference import group_advantages
+from awpo_kernels import group_advantages
+from awpo_kernels.advantages import CLIPS, ESTIMATORS, GATES, SCALES, WEIGHTS
 
-CHOICES = {
-    "estimator": ("grpo", "awpo", "awpo_mixed"),
-    "scale": ("group", "none"),
-    "gate": ("soft", "hard", "ratio"),
-    "weight": ("linear", "bernoulli", "none"),
-    "clip": ("sign", "none"),
-}
+CHOICES = {"estimator": ESTIMATORS, "scale": SCALES, "gate": GATES, "weight": WEIGHTS, "clip": CLIPS}
 
 
 @dataclass
@@ -97,8 +89,15 @@ def compute_advantages(
         raise ValueError(f"reasoning has {reasoning_t.numel()} scores but outcome has {outcome_t.numel()}")
     if not isinstance(group_size, int) or group_size < 2 or outcome_t.numel() % group_size:
         raise ValueError(f"group_size must be an int >= 2 dividing the batch size {outcome_t.numel()}, got {group_size!r}")
-    result = group_advantages(outcome_t, reasoning_t, group_size=group_size, **options.kernel_kwargs())
+    kwargs = options.kernel_kwargs()
+    result = group_advantages(outcome_t, reasoning_t, group_size=group_size, **kwargs)
     metrics = group_metrics(outcome_t, reasoning_t, result, group_size)
+    if options.estimator == "grpo":
+        metrics["adv/reasoning_share"] = 0.0
+    else:
+        kwargs["estimator"] = "grpo"
+        grpo = group_advantages(outcome_t, None, group_size=group_size, **kwargs).advantages
+        metrics["adv/reasoning_share"] = reasoning_share(result.advantages, grpo)
     return AdvantageBatch(result.advantages, result.epsilon_low, result.epsilon_high, metrics)
 
 
@@ -107,6 +106,17 @@ def _as_tensor(values, name: str) -> torch.Tensor:
     if tensor.dim() != 1:
         raise ValueError(f"{name} must be one score per rollout (1-D), got shape {tuple(tensor.shape)}")
     return tensor.to(torch.float32) if not tensor.is_floating_point() else tensor
+
+
+def reasoning_share(advantages: torch.Tensor, grpo_advantages: torch.Tensor) -> float:
+    """How much of the advantage mass did not come from the outcome alone:
+    sum|A - A_grpo| / (sum|A - A_grpo| + sum|A_grpo|), in [0, 1] (0: the GRPO advantages; 1: all of it
+    came from the reasoning reward, e.g. every group's outcomes equal). For AWPO, A - A_grpo is the
+    gated, weighted, clipped reasoning term; for reward_sum and gdpo it also holds the rescaling that
+    mixing the rewards causes."""
+    extra = (advantages.double() - grpo_advantages.double()).abs().sum()
+    total = extra + grpo_advantages.double().abs().sum()
+    return float(extra / total) if total > 0 else 0.0
 
 
 def group_metrics(outcome: torch.Tensor, reasoning: torch.Tensor | None, result, group_size: int) -> dict[str, float]:

@@ -18,6 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from awpo_kernels.advantages import ESTIMATORS, GATES
+
 from .data.task import CATEGORIES
 
 
@@ -46,6 +48,14 @@ class Config:
                              "five, or every task of a file", group="run")
     max_train_tasks: int = option(0, "use at most this many training tasks (0: all)", low=0, group="run")
     max_eval_tasks: int = option(0, "use at most this many held-out tasks (0: all)", low=0, group="run")
+    eval_seed: typing.Optional[int] = option(None, "seed of the built-in held-out tasks (none: seed); fix it to "
+                                             "score runs of different seeds on the same tasks", group="run")
+    eval_before: bool = option(True, "score the held-out tasks before training too (the ablation harness "
+                               "scores the base model once instead)", group="run")
+    eval_only: bool = option(False, "score the held-out tasks with the starting weights (base model or "
+                             "--resume checkpoint), write result.json and stop: no training", group="run")
+    worked_examples: bool = option(True, "built-in tasks open with their worked example exchanges (false: the "
+                                   "system prompt and the request only, the sparse-reward regime)", group="run")
     output_dir: str = option("runs/awpo", "where metrics.jsonl, the plot and the checkpoints go", group="run")
     seed: int = option(0, "seed of every random choice (data order, sampling, init)", group="run")
     rollout: str = option("vllm", "rollout engine: 'vllm' (in-process vLLM) or 'hf' (transformers generate, "
@@ -54,9 +64,9 @@ class Config:
                          choices=("auto", "cpu", "cuda"), group="run")
     dtype: str = option("float32", "training and rollout dtype (float32 keeps vLLM and trainer log-probs "
                         "within ~3e-5 on CPU)", choices=("float32", "bfloat16"), group="run")
-    cpu_threads: int = option(0, "torch threads on CPU; 0: the cores that are idle at start-up (a busy shared "
-                              "machine makes OpenMP spin-waits 2-4x slower than one thread); a resumed run "
-                              "reuses the original count", low=0, group="run")
+    cpu_threads: int = option(0, "torch threads on CPU; 0: every core this process may use (OMP_NUM_THREADS, "
+                              "when set, wins); a resumed run reuses the original count (thread counts change "
+                              "float summation order)", low=0, group="run")
     bf16_autocast: bool = option(False, "run the policy's forward/backward under bf16 autocast (fp32 master "
                                  "weights, fp32 LM-head math): about 2x faster on CPUs with AMX and on GPUs",
                                  group="run")
@@ -138,11 +148,12 @@ class Config:
     vllm_importance_sampling_cap: float = option(2.0, "cap of the importance ratio", low=1.0, group="loss")
 
     # ---- AWPO advantages (SPEC.md section 2) ---------------------------------------------------
-    estimator: str = option("awpo", "'awpo' (outcome + gated reasoning term), 'grpo' (outcome only) or "
-                            "'awpo_mixed' (mix at the reward level)", choices=("awpo", "grpo", "awpo_mixed"),
-                            group="awpo")
-    gate: str = option("soft", "variance-aware gate of the reasoning term", choices=("soft", "hard", "ratio"),
-                       group="awpo")
+    estimator: str = option("awpo", "'awpo' (outcome + gated reasoning term), 'grpo' (outcome only); for "
+                            "ablations 'awpo_mixed' (mix at the reward level), 'reward_sum' (GRPO on outcome + "
+                            "reasoning_coef * reasoning) or 'gdpo' (each reward normalised in its group, summed, "
+                            "whitened over the batch)", choices=ESTIMATORS, group="awpo")
+    gate: str = option("soft", "variance-aware gate of the reasoning term ('none': 1 everywhere, an ablation)",
+                       choices=GATES, group="awpo")
     gate_threshold: float = option(0.0, "the 'hard' gate opens when the outcome variance is <= this", low=0.0,
                                    group="awpo")
     weight: str = option("linear", "difficulty weight: 'linear' (1 - pass rate), 'bernoulli' (4p(1-p)) "
@@ -159,6 +170,10 @@ class Config:
                                    group="awpo")
     judge: str = option("rule", "reasoning judge: 'rule' (deterministic), 'llm' (the policy answers a "
                         "rubric) or 'none'", choices=("rule", "llm", "none"), group="awpo")
+    missing_reasoning_score: typing.Optional[float] = option(
+        0.0, "reasoning score of a completion without reasoning (no or an empty <think>) when the prompt asks "
+        "for it (SPEC section 1: the worst score, so dropping <think> never escapes the reasoning reward); "
+        "none: no score (NaN), for prompts that do not ask for reasoning", low=0.0, high=1.0, group="awpo")
     graded_outcome: bool = option(True, "train on the graded outcome reward (partial credit for names, "
                                   "parameters, values); accuracy is always the exact reward", group="awpo")
 
@@ -382,13 +397,19 @@ def underscored(argv: list[str]) -> list[str]:
     return [fix(arg) for arg in argv]
 
 
+def config_from_options(args: dict) -> Config:
+    """Parsed command-line options (as `build_parser` makes them) -> a validated Config; ConfigError."""
+    args = dict(args)
+    config_file = args.pop("config", None)
+    config = from_dict(load_yaml(config_file)) if config_file else Config()
+    return from_dict(args, config).validate()
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     """Defaults < --config YAML < --key value. Bad values exit with a message naming the option."""
     parser = build_parser()
     args = vars(parser.parse_args(underscored(sys.argv[1:] if argv is None else argv)))
     try:
-        config_file = args.pop("config", None)
-        config = from_dict(load_yaml(config_file)) if config_file else Config()
-        return from_dict(args, config).validate()
+        return config_from_options(args)
     except ConfigError as err:
         parser.error(str(err))

@@ -22,6 +22,8 @@ PLOT_KEYS = [
     ("adv/mean_abs", "|advantage|"),
     ("adv/gate_mean", "gate"),
     ("adv/rescued_groups", "groups with zero outcome variance that still learn"),
+    ("adv/reasoning_share", "share of |advantage| from the reasoning reward"),
+    ("completion/with_reasoning_fraction", "completions with reasoning"),
     ("entropy", "entropy"),
     ("kl", "KL to reference"),
     ("clip_ratio/high_mean", "clipped (high)"),

@@ -56,9 +56,20 @@ def summary_lines(result) -> list[str]:
         lines.append(f"  partial credit     {_percent(before['graded']):>7} -> {_percent(after['graded']):>7}"
                      "   (graded outcome: names, parameters, values)")
         lines.append(f"  well-formed output {_percent(before['format_ok']):>7} -> {_percent(after['format_ok']):>7}")
+    elif before or after:
+        which, scores = ("before training", before) if before else ("after training", after)
+        lines.append(f"Held-out accuracy {which} ({scores['num_tasks']} tasks, exact match): "
+                     f"{_percent(scores['accuracy'])}")
+        for category, value in scores["by_category"].items():
+            lines.append(f"  {category:<18} {_percent(value):>7}")
+        lines.append(f"  partial credit     {_percent(scores['graded']):>7}   (graded outcome: names, parameters, values)")
+        lines.append(f"  well-formed output {_percent(scores['format_ok']):>7}")
     if result.bfcl_comparison:
         lines.append(f"BFCL (official checker), before (A) and after (B): {result.bfcl_comparison}")
         lines.append(comparison_table(result.bfcl_before, result.bfcl_after).rstrip())
+    if result.final_model is None:  # eval_only
+        lines.append(f"Result: {Path(result.output_dir) / 'result.json'}")
+        return lines
     lines.append(f"Metrics: {Path(result.output_dir) / 'metrics.jsonl'}" + (f", plot: {result.plot}" if result.plot else ""))
     lines.append(f"Final model: {result.final_model}   (last checkpoint: {result.last_checkpoint})")
     return lines
@@ -94,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError, RuntimeError) as err:  # bad input: a message, not a traceback
             print(f"python -m awpo.train: error: {err}", file=sys.stderr)
             return 2
-        bar = tqdm(total=config.max_steps, initial=trainer.step, desc="AWPO", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=config.max_steps, initial=trainer.step, desc="AWPO", unit="step", dynamic_ncols=True,
+                   disable=config.eval_only)
 
         def on_step(metrics: dict) -> None:
             bar.update(1)

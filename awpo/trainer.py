@@ -11,9 +11,9 @@ repeats the original run's next steps exactly.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -27,6 +27,8 @@ from . import checkpoint as ckpt
 from .advantages import AdvantageOptions, compute_advantages
 from .bfcl.during_training import bfcl_summary, write_comparison
 from .config import Config
+from .cpu import default_cpu_threads, set_cpu_threads
+from .data.stream import DataStream, load_eval_tasks, load_train_tasks
 from .metrics import MetricsWriter, plot_metrics
 from .models import load_policy, resolve_model_path
 from .policy_update import RolloutBatch, UpdateOptions, update_policy
@@ -37,62 +39,7 @@ from .scoring import score_episodes
 logger = logging.getLogger(__name__)
 
 _EVAL_SEED_OFFSET = 9_999_991
-
-
-# ----------------------------------------------------------------------------------------------
-# data
-# ----------------------------------------------------------------------------------------------
-
-class DataStream:
-    """An endless stream of tasks: epoch e is a permutation of the tasks drawn from (seed, e).
-    `position` (tasks handed out so far) is all a checkpoint needs to continue it exactly."""
-
-    def __init__(self, tasks: list, seed: int, position: int = 0):
-        if not tasks:
-            raise ValueError("the training data set is empty")
-        self.tasks, self.seed, self.position = list(tasks), seed, position
-        self._cached: tuple[int | None, list[int]] = (None, [])
-
-    def _order(self, epoch: int) -> list[int]:
-        """The permutation of `epoch` (the last one is kept: batches draw from it many times)."""
-        if self._cached[0] != epoch:
-            order = list(range(len(self.tasks)))
-            random.Random(f"awpo-data:{self.seed}:{epoch}").shuffle(order)
-            self._cached = (epoch, order)
-        return self._cached[1]
-
-    def next_batch(self, size: int) -> list:
-        batch = []
-        for _ in range(size):
-            epoch, offset = divmod(self.position, len(self.tasks))
-            batch.append(self.tasks[self._order(epoch)[offset]])
-            self.position += 1
-        return batch
-
-
-def load_task_set(source: str, split: str, limit: int, categories: list[str], seed: int) -> list:
-    """'builtin' -> awpo.data.builtin_tasks(split), else a task file; filtered, then cut to `limit`."""
-    from .data import builtin_tasks, load_tasks
-
-    if source == "none":
-        return []
-    if source == "builtin":
-        options = {"categories": categories} if categories else {}
-        return builtin_tasks(split, n=limit or None, seed=seed, **options)
-    tasks = load_tasks(source)
-    if categories:
-        tasks = [t for t in tasks if t.category in categories]
-    if not tasks:
-        raise ValueError(f"{source}: no tasks" + (f" in categories {categories}" if categories else ""))
-    return tasks[:limit] if limit else tasks
-
-
-def load_train_tasks(config: Config) -> list:
-    return load_task_set(config.dataset, "train", config.max_train_tasks, config.category_list, config.seed)
-
-
-def load_eval_tasks(config: Config) -> list:
-    return load_task_set(config.eval_dataset, "heldout", config.max_eval_tasks, config.category_list, config.seed)
+RESULT_FILE = "result.json"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,57 +95,8 @@ def make_judge(config: Config, engine, tokenizer):
     from .rewards import LLMJudge, RuleJudge
 
     if config.judge == "rule":
-        return RuleJudge()
-    return LLMJudge.from_engine(engine, tokenizer=tokenizer)
-
-
-def idle_cores(sample_s: float = 0.5) -> int:
-    """CPU cores not busy right now, at least 1: measured over `sample_s` from /proc/stat where it
-    exists (the 1-minute load average lags: right after a pip install it still counts a busy core),
-    else from the load average."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = busy_cores(sample_s)
-    if busy is None:
-        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, int(cores - busy + 0.5)))
-
-
-def busy_cores(sample_s: float) -> float | None:
-    """How many of the cores this process may use were busy during the next `sample_s` seconds
-    (None: no /proc/stat)."""
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-
-    def busy_and_total() -> tuple[int, int]:
-        busy = total = 0
-        with open("/proc/stat") as handle:
-            for line in handle:
-                name, *fields = line.split()
-                if not (name.startswith("cpu") and name[3:].isdigit()):
-                    continue
-                if allowed is not None and int(name[3:]) not in allowed:
-                    continue
-                values = [int(v) for v in fields]
-                total += sum(values)
-                busy += sum(values) - values[3] - values[4]  # all but idle and iowait
-        return busy, total
-
-    try:
-        busy_before, total_before = busy_and_total()
-        time.sleep(sample_s)
-        busy_after, total_after = busy_and_total()
-    except (OSError, ValueError, IndexError):
-        return None
-    cores = len(allowed) if allowed is not None else (os.cpu_count() or 1)
-    total = total_after - total_before
-    return (busy_after - busy_before) / total * cores if total > 0 else None
-
-
-def set_cpu_threads(count: int) -> None:
-    """torch's intra-op threads. vLLM's CPU worker replaces `torch.set_num_threads` with a no-op
-    once it has bound its threads; the underlying setter still works, and the trainer owns the
-    process, so it uses that. OMP_NUM_THREADS tells a vLLM started later to keep this count."""
-    os.environ["OMP_NUM_THREADS"] = str(count)
-    torch._C.set_num_threads(count)
+        return RuleJudge(missing_reasoning_score=config.missing_reasoning_score)
+    return LLMJudge.from_engine(engine, tokenizer=tokenizer, missing_reasoning_score=config.missing_reasoning_score)
 
 
 def seed_everything(seed: int) -> None:
@@ -262,6 +160,8 @@ class Trainer:
 
         self.train_tasks = train_tasks if train_tasks is not None else load_train_tasks(config)
         self.eval_tasks = eval_tasks if eval_tasks is not None else load_eval_tasks(config)
+        if config.eval_only and not self.eval_tasks:
+            raise ValueError("eval_only needs held-out tasks: eval_dataset is 'none' or holds no task")
         self.data = DataStream(self.train_tasks, config.seed)
         self.metrics = MetricsWriter(self.output_dir)
         self.step = 0
@@ -288,7 +188,8 @@ class Trainer:
         `overwrite_output_dir` deletes them instead of stopping."""
         stale = ckpt.checkpoints_after(self.output_dir, resumed_step)
         if resumed_step is None:
-            stale += [p for p in (self.output_dir / "final", self.output_dir / "metrics.jsonl") if p.exists()]
+            stale += [p for p in (self.output_dir / "final", self.output_dir / "metrics.jsonl",
+                                  self.output_dir / RESULT_FILE) if p.exists()]
         if not stale:
             return
         names = ", ".join(p.name for p in stale)
@@ -313,7 +214,7 @@ class Trainer:
         count = self.config.cpu_threads
         if not count and resume_state is not None:
             count = resume_state.get("extra", {}).get("cpu_threads") or 0
-        count = count or idle_cores()
+        count = count or default_cpu_threads()
         logger.info("Using %d CPU thread(s)", count)
         set_cpu_threads(count)
         return count
@@ -349,16 +250,23 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def train(self, on_step=None) -> TrainResult:
-        """Evaluate, train to max_steps (checkpointing), evaluate again, plot. `on_step(metrics)`
-        is called after every step (the CLI's progress bar)."""
+        """Evaluate, train to max_steps (checkpointing), evaluate again, plot, write result.json.
+        `on_step(metrics)` is called after every step (the CLI's progress bar). With `eval_only`, only
+        the first evaluation runs."""
         config = self.config
-        if self.eval_tasks and self.accuracy_before is None:
+        evaluate_before = config.eval_before or config.eval_only
+        if self.eval_tasks and self.accuracy_before is None and evaluate_before:
             self.accuracy_before = self.evaluate(self.eval_tasks)
             logger.info("Held-out accuracy before training: %.3f", self.accuracy_before["accuracy"])
-        if config.eval_bfcl and self.bfcl_before is None:
+        if config.eval_bfcl and self.bfcl_before is None and evaluate_before:
             self.bfcl_before = bfcl_summary(config, self.engine, self.tokenizer, self.start_model_path,
                                             self.output_dir, "before")
             logger.info("BFCL accuracy before training: %.3f", self.bfcl_before["overall"]["accuracy"])
+        if config.eval_only:
+            result = TrainResult(steps=self.step, output_dir=str(self.output_dir),
+                                 accuracy_before=self.accuracy_before, bfcl_before=self.bfcl_before)
+            self._write_result(result)
+            return result
         history = []
         last_saved = None
         while self.step < config.max_steps:
@@ -376,18 +284,36 @@ class Trainer:
         if self.eval_tasks:
             result.accuracy_after = self.evaluate(self.eval_tasks)
             logger.info("Held-out accuracy after training: %.3f", result.accuracy_after["accuracy"])
-            self.metrics.write({"step": self.step, "eval/accuracy_before": self.accuracy_before["accuracy"],
-                                "eval/accuracy_after": result.accuracy_after["accuracy"]})
+            record = {"step": self.step, "eval/accuracy_after": result.accuracy_after["accuracy"]}
+            if self.accuracy_before is not None:
+                record["eval/accuracy_before"] = self.accuracy_before["accuracy"]
+            self.metrics.write(record)
         if config.eval_bfcl:
             result.bfcl_before = self.bfcl_before
             result.bfcl_after = bfcl_summary(config, self.engine, self.tokenizer, str(final), self.output_dir, "after")
-            result.bfcl_comparison = str(write_comparison(self.bfcl_before, result.bfcl_after, self.output_dir))
-            self.metrics.write({"step": self.step, "bfcl/accuracy_before": self.bfcl_before["overall"]["accuracy"],
-                                "bfcl/accuracy_after": result.bfcl_after["overall"]["accuracy"]})
+            record = {"step": self.step, "bfcl/accuracy_after": result.bfcl_after["overall"]["accuracy"]}
+            if self.bfcl_before is not None:
+                result.bfcl_comparison = str(write_comparison(self.bfcl_before, result.bfcl_after, self.output_dir))
+                record["bfcl/accuracy_before"] = self.bfcl_before["overall"]["accuracy"]
+            self.metrics.write(record)
         if config.plot:
             plot = plot_metrics(self.metrics.path, self.output_dir / "metrics.png", title=f"AWPO ({config.estimator})")
             result.plot = str(plot) if plot else None
+        self._write_result(result)
         return result
+
+    def _write_result(self, result: TrainResult) -> Path:
+        """`output_dir/result.json`, written last and atomically: its presence means the run finished.
+        It holds the config and both held-out evaluations with every task's score (for paired statistics)."""
+        record = {"config": self.config.to_dict(), "steps": result.steps, "eval_before": result.accuracy_before,
+                  "eval_after": result.accuracy_after, "final_model": result.final_model,
+                  "bfcl_before": result.bfcl_before, "bfcl_after": result.bfcl_after,
+                  "cpu_threads": self.cpu_threads}
+        path = self.output_dir / RESULT_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=str))
+        tmp.replace(path)
+        return path
 
     def training_step(self) -> dict:
         config = self.config
@@ -458,11 +384,19 @@ class Trainer:
         by_category: dict[str, list[float]] = {}
         for episode, value in zip(episodes, exact):
             by_category.setdefault(episode.task.category, []).append(value)
+        format_ok = [all(p.error is None for p in e.parsed_turns) for e in episodes]
+        # one record per task (the mean over its samples): what paired statistics across runs need
+        per_task: dict[str, dict] = {}
+        for episode, e, g in zip(episodes, exact, graded):
+            record = per_task.setdefault(episode.task.id, {"id": episode.task.id, "category": episode.task.category,
+                                                           "exact": 0.0, "graded": 0.0})
+            record["exact"] += e / n
+            record["graded"] += g / n
         return {"accuracy": float(np.mean(exact)), "graded": float(np.mean(graded)),
                 "num_tasks": len(tasks), "samples_per_task": n,
                 "by_category": {k: float(np.mean(v)) for k, v in sorted(by_category.items())},
-                "format_ok": float(np.mean([all(p.error is None for p in e.parsed_turns) for e in episodes])),
-                "time_s": time.perf_counter() - started}
+                "format_ok": float(np.mean(format_ok)),
+                "time_s": time.perf_counter() - started, "tasks": list(per_task.values())}
 
     def save(self) -> Path:
         return ckpt.save_checkpoint(
@@ -481,5 +415,8 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
         "completion/truncated_fraction": float(np.mean([e.truncated for e in episodes])),
         "completion/format_error_fraction": float(np.mean([any(p.error for p in e.parsed_turns) for e in episodes])),
         "completion/tool_calls_mean": float(np.mean([len(e.calls) for e in episodes])),
+        # SPEC section 1: a policy escaping the reasoning reward would show this falling towards 0
+        "completion/with_reasoning_fraction": float(np.mean([bool(e.reasoning and e.reasoning.strip())
+                                                             for e in episodes])),
         "completion/turns_mean": float(np.mean([len(e.turns) for e in episodes])),
     }

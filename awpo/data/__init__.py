@@ -3,8 +3,10 @@
 from .builtin import DEFAULT_SIZES, builtin_tasks
 from .loaders import load_tasks, save_tasks
 from .prompts import SYSTEM_PROMPT
+from .stream import DataStream, load_eval_tasks, load_task_set, load_train_tasks
 from .task import CATEGORIES, SINGLE_TURN_CATEGORIES, Task
 from .tools import TOOLS
 
-__all__ = ["CATEGORIES", "DEFAULT_SIZES", "SINGLE_TURN_CATEGORIES", "SYSTEM_PROMPT", "TOOLS", "Task",
-           "builtin_tasks", "load_tasks", "save_tasks"]
+__all__ = ["CATEGORIES", "DEFAULT_SIZES", "DataStream", "SINGLE_TURN_CATEGORIES", "SYSTEM_PROMPT", "TOOLS", "Task",
+           "builtin_tasks", "load_eval_tasks", "load_task_set", "load_tasks", "load_train_tasks",
+           "save_tasks"]

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import string
 
@@ -26,11 +27,15 @@ CATEGORY_WEIGHTS = {"simple": 0.3, "multiple": 0.25, "parallel": 0.15, "parallel
 
 
 def builtin_tasks(split: str = "train", n: int | None = None, seed: int = 0, *,
-                  categories: tuple[str, ...] | list[str] = SINGLE_TURN_CATEGORIES) -> list[Task]:
+                  categories: tuple[str, ...] | list[str] = SINGLE_TURN_CATEGORIES,
+                  worked_examples: bool = True) -> list[Task]:
     """``n`` tasks (default 512 train / 128 held-out) mixing ``categories`` in fixed proportions.
 
     ``categories`` defaults to the five single-turn shapes; add ``"multi_turn"`` for the stateful
     file-system episodes (they need a rollout loop that executes calls, see ``awpo.envs``).
+    ``worked_examples=False`` drops the worked example exchanges (``prompts.py``): each task is the
+    system prompt and the request only, the same tasks otherwise (the sparse-reward regime, where a
+    small model rarely writes a correct call at first).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -42,8 +47,18 @@ def builtin_tasks(split: str = "train", n: int | None = None, seed: int = 0, *,
     unknown = [c for c in categories if c not in CATEGORIES]
     if unknown or not categories:
         raise ValueError(f"categories must be a non-empty subset of {CATEGORIES}, got {list(categories)}")
+    if not isinstance(worked_examples, bool):
+        raise ValueError(f"worked_examples must be a bool, got {worked_examples!r}")
     schedule = _category_schedule(categories, n)
-    return [_make_task(category, split, seed, index) for index, category in enumerate(schedule)]
+    tasks = [_make_task(category, split, seed, index) for index, category in enumerate(schedule)]
+    return tasks if worked_examples else [_without_worked_examples(task) for task in tasks]
+
+
+def _without_worked_examples(task: Task) -> Task:
+    """The task with only its system message and its request (every built-in task ends with it)."""
+    *before, request = task.messages
+    messages = [m for m in before if m["role"] == "system"] + [request]
+    return dataclasses.replace(task, messages=messages, meta={**task.meta, "worked_examples": False})
 
 
 def _category_schedule(categories: tuple[str, ...], n: int) -> list[str]:

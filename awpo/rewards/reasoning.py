@@ -1,7 +1,11 @@
 """Reasoning reward: how good is the ``<think>`` text that led to the calls? (SPEC.md section 1)
 
-A judge scores one completion in [0, 1], or NaN for "no score" (no reasoning, or the judge failed):
-SPEC.md excludes NaN members from the reasoning statistics. Two judges:
+A judge scores one completion in [0, 1], or NaN for "no score" because the judge failed (error,
+timeout, unreadable reply): SPEC.md excludes NaN members from the reasoning statistics. A completion
+that writes no reasoning (no ``<think>`` block, or an empty one) scores ``missing_reasoning_score``
+(default 0.0, the worst score; SPEC section 1): were it NaN, dropping ``<think>`` would escape every
+below-average reasoning score, and a policy learns to do exactly that. Pass ``None`` for prompts
+that do not ask for reasoning (then missing reasoning is "no score"). Two judges:
 
 - ``RuleJudge``: deterministic and instant, for CPU runs and tests.
 - ``LLMJudge``: a rubric prompt answered by any text generator (the policy's own rollout engine by
@@ -25,11 +29,25 @@ from .outcome import as_float, normalize_string
 logger = logging.getLogger(__name__)
 
 NAN = float("nan")
+MISSING_REASONING_SCORE = 0.0  # SPEC section 1: no reasoning where the prompt asks for it is the worst score
+
+
+def check_missing_reasoning_score(value) -> float:
+    """A float in [0, 1], or None (-> NaN: missing reasoning is "no score"); ValueError otherwise."""
+    if value is None:
+        return NAN
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"missing_reasoning_score must be a number in [0, 1] or None, got {value!r}")
+    return float(value)
+
+
+def has_reasoning(reasoning: str | None) -> bool:
+    return reasoning is not None and bool(reasoning.strip())
 
 
 class Judge(Protocol):
     def score(self, prompt: str, reasoning: str | None, calls: list[ToolCall], tools: list[dict]) -> float:
-        """A score in [0, 1], or NaN when there is nothing to score or the judge failed."""
+        """A score in [0, 1]; ``missing_reasoning_score`` without reasoning; NaN when the judge failed."""
         ...
 
 
@@ -74,20 +92,23 @@ class RuleJudge:
     - repetition: distinct word 3-grams / all 3-grams, mapped from [0.3, 0.8] onto [0, 1];
     - length: 1 inside ``[min_words, max_words]``, falling off proportionally outside.
 
-    No reasoning (no ``<think>`` block, or an empty one) scores ``missing_reasoning`` (NaN by
-    default: "no score", SPEC section 1, as ``LLMJudge`` gives).
+    No reasoning (no ``<think>`` block, or an empty one) scores ``missing_reasoning_score``
+    (0.0 by default, the worst score, as ``LLMJudge`` gives; None: NaN, "no score"; SPEC section 1).
     """
 
     min_words: int = 5
     max_words: int = 200
-    missing_reasoning: float = NAN
+    missing_reasoning_score: float | None = MISSING_REASONING_SCORE
     weights: dict[str, float] = field(
         default_factory=lambda: {"tool": 0.35, "arguments": 0.35, "repetition": 0.15, "length": 0.15}
     )
 
+    def __post_init__(self):
+        check_missing_reasoning_score(self.missing_reasoning_score)
+
     def score(self, prompt: str, reasoning: str | None, calls: list[ToolCall], tools: list[dict]) -> float:
-        if reasoning is None or not reasoning.strip():
-            return self.missing_reasoning
+        if not has_reasoning(reasoning):
+            return check_missing_reasoning_score(self.missing_reasoning_score)
         parts = self.parts(reasoning, calls, tools)
         total_weight = sum(self.weights[name] for name in parts)
         return sum(self.weights[name] * value for name, value in parts.items()) / total_weight
@@ -198,7 +219,8 @@ class LLMJudge:
 
     ``generate`` maps a list of prompts to a list of reply texts (same length). Scores are cached
     per (prompt, completion) until ``clear_cache()`` / ``new_step()``; failed or unparseable replies
-    give NaN (and are not cached), never an exception.
+    give NaN (and are not cached), never an exception. A completion without reasoning is not sent to
+    the model: it scores ``missing_reasoning_score`` (0.0 by default; None: NaN).
     """
 
     def __init__(
@@ -208,6 +230,7 @@ class LLMJudge:
         rubric: str = RUBRIC,
         scale: float = 10.0,
         max_field_chars: int = 2000,
+        missing_reasoning_score: float | None = MISSING_REASONING_SCORE,
     ):
         if not callable(generate):
             raise ValueError("generate must be a callable: list of prompts -> list of texts")
@@ -217,6 +240,7 @@ class LLMJudge:
         self.rubric = rubric
         self.scale = scale
         self.max_field_chars = max_field_chars
+        self.missing_reasoning_score = check_missing_reasoning_score(missing_reasoning_score)
         self._cache: dict[tuple, float] = {}
 
     @classmethod
@@ -244,8 +268,9 @@ class LLMJudge:
         scores = [NAN] * len(requests)
         todo: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):
-            if request.reasoning is None or not request.reasoning.strip():
-                continue  # nothing to judge: NaN, excluded from the statistics
+            if not has_reasoning(request.reasoning):
+                scores[index] = self.missing_reasoning_score  # nothing to judge (SPEC section 1)
+                continue
             key = _cache_key(request)
             if key in self._cache:
                 scores[index] = self._cache[key]

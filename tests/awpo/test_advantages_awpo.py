@@ -127,7 +127,7 @@ def test_scored_tool_use_rollouts_to_advantages():
         parsed = parse_completion(s)
         reasoning.append(judge.score(task.user_prompt, parsed.reasoning, parsed.calls, task.tools))
     assert outcome[0] == 1.0 and outcome[3] == 0.0 and 0 < outcome[2] == outcome[1] < 1
-    assert reasoning[1] > reasoning[2] and math.isnan(reasoning[3])
+    assert reasoning[1] > reasoning[2] > reasoning[3] == 0.0  # no <think>: the worst score (SPEC section 1)
     batch = compute_advantages(outcome, reasoning, group_size=4, options=AdvantageOptions(graded_outcome=True))
     adv = batch.advantages.tolist()
     assert adv[0] == max(adv) and adv[3] == min(adv) and adv[1] > adv[2]

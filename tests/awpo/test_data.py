@@ -152,10 +152,23 @@ def test_numbers_in_prompts_match_ground_truth_types():
     ({"n": -1}, "n must be a non-negative int"),
     ({"categories": ["simple", "chat"]}, "categories must be"),
     ({"categories": []}, "categories must be"),
+    ({"worked_examples": 0}, "worked_examples must be a bool"),
 ])
 def test_builtin_tasks_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         builtin_tasks(**kwargs)
+
+
+def test_without_worked_examples_the_same_tasks_are_just_the_system_prompt_and_the_request():
+    full = builtin_tasks("heldout", n=60, seed=5, categories=ALL)
+    bare = builtin_tasks("heldout", n=60, seed=5, categories=ALL, worked_examples=False)
+    for a, b in zip(full, bare):
+        assert (a.id, a.category, a.tools, a.ground_truth, a.env_state, a.user_turns) == \
+               (b.id, b.category, b.tools, b.ground_truth, b.env_state, b.user_turns)
+        assert [m["role"] for m in b.messages] == ["system", "user"]
+        assert b.messages == [a.messages[0], a.messages[-1]] and len(a.messages) > 2
+        assert b.meta["worked_examples"] is False and "worked_examples" not in a.meta
+    assert not any(m.get("tool_calls") for t in bare for m in t.messages)
 
 
 def _smollm2_tokenizer():

@@ -63,19 +63,45 @@ def test_rule_judge_penalises_loops_and_bad_lengths():
 
 
 def test_rule_judge_missing_and_empty_reasoning():
-    assert math.isnan(RuleJudge().score(PROMPT, None, CALL, TOOLS))
-    assert RuleJudge(missing_reasoning=0.0).score(PROMPT, None, CALL, TOOLS) == 0.0
-    # an empty <think> block is no reasoning too: NaN ("no score", SPEC section 1)
-    assert math.isnan(RuleJudge().score(PROMPT, "   ", CALL, TOOLS))
-    assert RuleJudge(missing_reasoning=0.0).score(PROMPT, "", CALL, TOOLS) == 0.0
+    # SPEC section 1: no reasoning where the prompt asks for it is the worst score, not "no score"
+    assert RuleJudge().score(PROMPT, None, CALL, TOOLS) == 0.0
+    assert RuleJudge().score(PROMPT, "   ", CALL, TOOLS) == 0.0  # an empty <think> block is no reasoning
+    assert RuleJudge(missing_reasoning_score=0.25).score(PROMPT, "", CALL, TOOLS) == 0.25
+    assert math.isnan(RuleJudge(missing_reasoning_score=None).score(PROMPT, None, CALL, TOOLS))
+    for bad in (-0.1, 1.5, float("nan"), "0", True):
+        with pytest.raises(ValueError, match="missing_reasoning_score"):
+            RuleJudge(missing_reasoning_score=bad)
+        with pytest.raises(ValueError, match="missing_reasoning_score"):
+            LLMJudge(ScriptedGenerate(["Score: 1/10"]), missing_reasoning_score=bad)
 
 
-def test_both_judges_give_nan_for_an_empty_think_block():
+def test_both_judges_give_the_missing_score_for_an_empty_think_block_without_asking_the_model():
     parsed = parse_completion("<think></think>\n" + format_tool_calls(CALL))
     assert parsed.reasoning == "" and parsed.calls == CALL
+    generate = ScriptedGenerate(["Score: 9/10"])
     rule = RuleJudge().score(PROMPT, parsed.reasoning, parsed.calls, TOOLS)
-    llm = LLMJudge(ScriptedGenerate(["Score: 9/10"])).score(PROMPT, parsed.reasoning, parsed.calls, TOOLS)
-    assert math.isnan(rule) and math.isnan(llm)
+    llm = LLMJudge(generate).score(PROMPT, parsed.reasoning, parsed.calls, TOOLS)
+    assert rule == 0.0 and llm == 0.0 and generate.calls == []
+    assert math.isnan(LLMJudge(generate, missing_reasoning_score=None).score(PROMPT, "", CALL, TOOLS))
+
+
+def test_dropping_reasoning_no_longer_escapes_the_reasoning_reward():
+    """The escape that made one AWPO run exactly GRPO: think-less completions in a group of thinking
+    ones must get a negative reasoning advantage, below every completion that reasons."""
+    import torch
+
+    from awpo_kernels import group_advantages
+
+    judge = RuleJudge()
+    good = "The user wants the Lisbon forecast for 12 days, so get_weather with city Lisbon and days 12."
+    weak = "I will answer the question about this thing now okay."
+    reasonings = [good, weak, None, ""]
+    scores = torch.tensor([judge.score(PROMPT, r, CALL, TOOLS) for r in reasonings], dtype=torch.float64)
+    assert not torch.isnan(scores).any()
+    outcome = torch.zeros(4, dtype=torch.float64)  # all fail: only the reasoning term speaks
+    adv = group_advantages(outcome, scores, group_size=4, estimator="awpo", backend="reference").advantages
+    assert adv[2] < 0 and adv[3] < 0 and adv[2] == adv[3]
+    assert adv[1] > adv[2] and adv[0] > adv[1]
 
 
 def test_rule_judge_survives_a_value_too_large_for_a_float():
@@ -176,7 +202,7 @@ def test_llm_judge_scripted_batch_generates_each_unique_completion_once():
     requests = [JudgeRequest(PROMPT, "a", CALL, TOOLS), JudgeRequest(PROMPT, "b", CALL, TOOLS),
                 JudgeRequest(PROMPT, "a", CALL, TOOLS), JudgeRequest(PROMPT, None, CALL, TOOLS)]
     scores = judge_many(judge, requests)
-    assert scores[:3] == pytest.approx([0.1, 0.5, 0.1]) and math.isnan(scores[3])
+    assert scores == pytest.approx([0.1, 0.5, 0.1, 0.0])  # no reasoning: the missing score, not generated
     assert [len(batch) for batch in generate.calls] == [2]
 
 

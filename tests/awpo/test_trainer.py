@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import awpo_kernels as ak
+from awpo import train as train_cli
 from awpo import trainer as trainer_module
 from awpo.checkpoint import latest_checkpoint, list_checkpoints, load_trainer_state
 from awpo.config import Config, ConfigError
@@ -104,6 +105,42 @@ def test_two_steps_change_the_weights_and_sync_them_into_vllm(two_step_run, tiny
         old_lp, _ = token_logprobs(initial, micro, 1.0)
         torch.testing.assert_close(micro.sampling_logprobs, new_lp, atol=2e-4, rtol=0)
         assert (micro.sampling_logprobs - old_lp).abs().max() > 1e-3
+
+
+def test_result_json_holds_both_evaluations_task_by_task(two_step_run):
+    trainer, result, output_dir = two_step_run
+    stored = json.loads((output_dir / "result.json").read_text())
+    assert stored["steps"] == 2 and stored["config"]["seed"] == 7 and stored["final_model"] == result.final_model
+    for key in ("eval_before", "eval_after"):
+        tasks = stored[key]["tasks"]
+        assert [t["id"] for t in tasks] == ["w0", "w1", "w2"] and {t["category"] for t in tasks} == {"simple"}
+        assert all(t["exact"] in (0.0, 1.0) and 0.0 <= t["graded"] <= 1.0 for t in tasks)
+        assert stored[key]["accuracy"] == pytest.approx(sum(t["exact"] for t in tasks) / 3)
+    record = read_steps(output_dir)[1]
+    assert record["adv/reasoning_share"] == 0.0   # grpo: all of the advantage is the outcome's
+    assert 0.0 <= record["completion/with_reasoning_fraction"] <= 1.0
+
+
+def test_eval_only_scores_the_starting_weights_and_trains_nothing(two_step_run, tiny_model_dir, tiny_vllm_engine,
+                                                                  tmp_path):
+    _, trained, _ = two_step_run
+    trainer = make_trainer(tiny_model_dir, tiny_vllm_engine, tmp_path, eval_only=True)
+    result = trainer.train()
+    assert result.steps == 0 and result.accuracy_after is None and result.final_model is None
+    assert list_checkpoints(tmp_path) == [] and not (tmp_path / "final").exists()
+    stored = json.loads((tmp_path / "result.json").read_text())
+    # the same base weights, tasks and greedy decoding as the two-step run's "before"
+    assert stored["eval_before"]["tasks"] == trained.accuracy_before["tasks"]
+    assert "Result:" in "\n".join(train_cli.summary_lines(result))
+
+
+def test_eval_before_false_skips_the_first_evaluation(tiny_model_dir, tiny_vllm_engine, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tiny_vllm_engine, tmp_path, eval_before=False, max_steps=1)
+    result = trainer.train()
+    assert result.accuracy_before is None and result.accuracy_after["num_tasks"] == 3
+    stored = json.loads((tmp_path / "result.json").read_text())
+    assert stored["eval_before"] is None and len(stored["eval_after"]["tasks"]) == 3
+    assert "after training (3 tasks" in "\n".join(train_cli.summary_lines(result))
 
 
 def _batch_of(episodes, advantages=None):
@@ -264,19 +301,6 @@ def test_hf_rollout_fallback_trains_one_step(tiny_model_dir, tmp_path):
     assert type(trainer.engine).__name__ == "HFEngine"
     result = trainer.train()
     assert result.steps == 1 and read_steps(tmp_path)[1]["update/trained_tokens"] > 0
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat (Linux)")
-def test_busy_cores_sees_a_core_that_is_spinning_now():
-    """The thread count follows the load of the moment, not the lagging 1-minute average."""
-    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"])
-    try:
-        time.sleep(0.5)
-        busy = trainer_module.busy_cores(1.0)
-    finally:
-        spinner.kill()
-    assert busy is not None and busy >= 0.8
-    assert 1 <= trainer_module.idle_cores(0.1) <= (os.cpu_count() or 1)
 
 
 def test_data_stream_is_a_seeded_permutation_per_epoch():

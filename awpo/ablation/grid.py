@@ -1,0 +1,224 @@
+"""The ablation grid: which runs, with which options, and running them so that a stop loses nothing.
+
+Every run is an ordinary `python -m awpo.train` in its own directory `OUTPUT/<variant>/seed-<s>`,
+with the same options except the variant's and the seed; one more, `OUTPUT/base`, scores the
+starting model once (`--eval_only`) on the same held-out tasks (`--eval_seed`), so the runs skip
+their own "before" evaluation. A run is finished when its `result.json` exists (the trainer writes
+it last, atomically): it is reused. A run with checkpoints continues with `--resume latest`; one
+that stopped before its first checkpoint starts again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..checkpoint import list_checkpoints
+from ..config import Config, ConfigError, build_parser, config_from_options, underscored
+from ..train import with_default_config
+
+RESULT_FILE = "result.json"
+BASE = "base"
+# set per run by the harness: a user's value for them would be silently replaced
+RESERVED = ("seed", "output_dir", "resume", "estimator", "eval_only", "eval_before", "eval_seed", "cpu_threads",
+            "overwrite_output_dir")
+# options that may differ between a finished run and the plan without making it another run
+NOT_IDENTITY = ("output_dir", "resume", "cpu_threads", "overwrite_output_dir", "plot", "logging_steps",
+                "save_steps", "save_total_limit")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """`estimator[:option=value[+option=value...]]`, e.g. `awpo:gate=none` or `awpo:weight=none+clip=none`."""
+
+    label: str
+    estimator: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def dirname(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", self.label.replace("=", "_"))
+
+    def args(self) -> list[str]:
+        args = ["--estimator", self.estimator]
+        for name, value in self.options:
+            args += [f"--{name}", value]
+        return args
+
+
+def parse_variant(text: str) -> Variant:
+    text = text.strip()
+    estimator, _, rest = text.partition(":")
+    if not estimator:
+        raise ConfigError(f"--variants: empty variant in {text!r}")
+    options = []
+    for part in filter(None, rest.split("+")):
+        name, sep, value = part.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name or not value.strip():
+            raise ConfigError(f"--variants {text!r}: expected option=value after ':', got {part!r}")
+        if name in RESERVED:
+            raise ConfigError(f"--variants {text!r}: {name} is set by the harness per run")
+        options.append((name, value.strip()))
+    return Variant(text, estimator.strip(), tuple(options))
+
+
+def parse_variants(text: str) -> list[Variant]:
+    variants = [parse_variant(part) for part in text.split(",") if part.strip()]
+    if not variants:
+        raise ConfigError("--variants: give at least one, e.g. grpo,awpo")
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels) or len({v.dirname for v in variants}) != len(variants):
+        raise ConfigError(f"--variants: each variant once, got {labels}")
+    return variants
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: give distinct integers, e.g. 0,1,2")
+    return seeds
+
+
+def train_config(args: list[str]) -> Config:
+    """The Config `python -m awpo.train ARGS` would run (default.yaml first unless ARGS has --config);
+    ConfigError (not SystemExit) for a bad or unknown option."""
+    parser = build_parser()
+
+    def error(message: str):
+        raise ConfigError(message)
+
+    parser.error = error
+    options = vars(parser.parse_args(underscored(with_default_config(list(args)))))
+    return config_from_options(options)
+
+
+def check_common_args(args: list[str]) -> None:
+    for arg in underscored(list(args)):
+        name = arg[2:].partition("=")[0] if arg.startswith("--") else None
+        if name in RESERVED:
+            raise ConfigError(f"--{name} is set by the harness for each run; remove it from the options after --")
+
+
+@dataclass
+class Run:
+    variant: str              # label, or "base"
+    seed: int
+    directory: Path
+    args: list[str]           # python -m awpo.train ARGS (without resume/overwrite: added when it starts)
+    config: Config
+    started: float | None = None
+    finished: float | None = None
+    returncode: int | None = None
+    log: Path | None = field(default=None)
+
+    @property
+    def result_path(self) -> Path:
+        return self.directory / RESULT_FILE
+
+    @property
+    def done(self) -> bool:
+        return self.result_path.is_file()
+
+    @property
+    def steps(self) -> int:
+        return 0 if self.config.eval_only else self.config.max_steps
+
+
+def plan(variants: list[Variant], seeds: list[int], common_args: list[str], output_dir: Path, *,
+         eval_seed: int, eval_tasks: int, threads: int) -> list[Run]:
+    """The base evaluation, then every (variant, seed) run, seed by seed; each run's config validated now."""
+    check_common_args(common_args)
+    shared = ["--max_eval_tasks", str(eval_tasks), *common_args, "--eval_seed", str(eval_seed),
+              "--cpu_threads", str(threads)]
+    base_dir = output_dir / BASE
+    base_args = [*shared, "--seed", str(eval_seed), "--eval_only", "true", "--output_dir", str(base_dir)]
+    runs = [Run(BASE, eval_seed, base_dir, base_args, train_config(base_args))]
+    # seed-major: a grid stopped early still holds every variant for its first seeds
+    for seed in seeds:
+        for variant in variants:
+            directory = output_dir / variant.dirname / f"seed-{seed}"
+            args = [*shared, *variant.args(), "--seed", str(seed), "--eval_before", "false",
+                    "--output_dir", str(directory)]
+            try:
+                config = train_config(args)
+            except ConfigError as err:
+                raise ConfigError(f"variant {variant.label!r}: {err}") from None
+            runs.append(Run(variant.label, seed, directory, args, config))
+    for run in runs:
+        check_finished_run_matches(run)
+    return runs
+
+
+def identity(config: Config | dict) -> dict:
+    values = dataclasses.asdict(config) if isinstance(config, Config) else dict(config)
+    return {k: v for k, v in values.items() if k not in NOT_IDENTITY}
+
+
+def check_finished_run_matches(run: Run) -> None:
+    """A finished run is reused only if it ran the planned options: otherwise the grid would mix runs."""
+    if not run.done:
+        return
+    stored = json.loads(run.result_path.read_text()).get("config", {})
+    planned = identity(run.config)
+    differences = {k: (stored.get(k), v) for k, v in planned.items() if json.dumps(stored.get(k)) != json.dumps(v)}
+    if differences:
+        shown = ", ".join(f"{k}: {old!r} there, {new!r} planned" for k, (old, new) in sorted(differences.items())[:4])
+        raise ConfigError(f"{run.directory} holds a finished run with other options ({shown}); "
+                          "choose another --output_dir or delete that run")
+
+
+def command(run: Run) -> list[str]:
+    """The command that starts or continues `run`."""
+    args = list(run.args)
+    if list_checkpoints(run.directory):
+        args += ["--resume", "latest"]
+    elif run.directory.exists():
+        args += ["--overwrite_output_dir", "true"]  # stopped before its first checkpoint: start again
+    return [sys.executable, "-m", "awpo.train", *args]
+
+
+def start(run: Run) -> subprocess.Popen:
+    argv = command(run)  # before the directory exists: a new run needs no --overwrite_output_dir
+    run.directory.mkdir(parents=True, exist_ok=True)
+    run.log = run.directory / "train.log"
+    handle = open(run.log, "a")
+    handle.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
+    handle.flush()
+    env = dict(os.environ, OMP_NUM_THREADS=str(run.config.cpu_threads))
+    run.started = time.time()
+    process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    handle.close()
+    return process
+
+
+def remove_checkpoints(run: Run) -> None:
+    """A finished run needs no checkpoint (its final/ model and result.json stay): ~1.6 GB each at 135M."""
+    for path in list_checkpoints(run.directory):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def steps_done(run: Run) -> int:
+    """Training steps `run` has logged so far (read from its metrics file; 0 when none)."""
+    if run.done:
+        return run.steps
+    path = run.directory / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    last = 0
+    for line in path.read_text().splitlines():
+        try:
+            last = max(last, int(json.loads(line).get("step", 0)))
+        except (ValueError, AttributeError):
+            continue  # an unfinished last line
+    return min(last, run.steps)
