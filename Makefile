@@ -27,6 +27,7 @@ train: venv
 
 test: venv
 	$(PY) -m awpo.bfcl.venv --ensure
+	$(PY) -m awpo.integrations.verl.venv --ensure
 	$(PY) -m pytest tests -q -p no:cacheprovider $(ARGS)
 
 bench: venv

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -168,8 +169,35 @@ class Config:
                                 group="awpo")
     reasoning_coef: float = option(1.0, "reasoning term coefficient (0: plain GRPO advantages)", low=0.0,
                                    group="awpo")
-    judge: str = option("rule", "reasoning judge: 'rule' (deterministic), 'llm' (the policy answers a "
-                        "rubric) or 'none'", choices=("rule", "llm", "none"), group="awpo")
+    judge: str = option("rule", "reasoning judge: 'rule' (deterministic), 'llm' (a model answers a rubric: "
+                        "judge_model, judge_url, or else the policy itself) or 'none'",
+                        choices=("rule", "llm", "none"), group="awpo")
+    judge_model: str = option("", "judge llm: local HF model directory of a fixed judge model, run as a second "
+                              "vLLM engine in this process (never weight-synced); empty: see judge_url", group="awpo")
+    judge_url: str = option("", "judge llm: base URL of an OpenAI-compatible server for the judge (e.g. "
+                            "http://127.0.0.1:8000/v1 from `vllm serve`; chat completions); empty: the policy "
+                            "judges itself unless judge_model is set", group="awpo")
+    judge_model_name: str = option("", "judge_url: the model name the server serves (empty: its only model)",
+                                   group="awpo")
+    judge_api_key_env: str = option("", "judge_url: name of the environment variable holding the server's API "
+                                    "key (sent as a Bearer token; empty: no key)", group="awpo")
+    judge_rubric: str = option("", "judge llm: rubric template file with {prompt}, {tools}, {reasoning}, {calls} "
+                               "(empty: the built-in rubric, awpo.rewards.reasoning.RUBRIC)", group="awpo")
+    judge_max_tokens: int = option(96, "judge llm: reply budget of the judge, in tokens", low=1, group="awpo")
+    judge_timeout_s: float = option(60.0, "judge_url: seconds one request attempt may take", low=0.0,
+                                    low_open=True, group="awpo")
+    judge_max_retries: int = option(2, "judge_url: retries of a failed request (connection errors, timeouts, "
+                                    "HTTP 408/429/5xx), 0.5 s, 1 s, 2 s ... apart", low=0, high=10, group="awpo")
+    judge_concurrency: int = option(16, "judge_url: requests in flight at once", low=1, high=1024, group="awpo")
+    judge_max_failed_steps: int = option(3, "judge llm: stop the run after this many consecutive steps in which "
+                                         "no judge request got a score (0: never stop)", low=0, group="awpo")
+    judge_max_model_len: int = option(4096, "judge_model: the judge engine's context length (rubric prompt + "
+                                      "reply)", low=128, group="awpo")
+    judge_kv_cache_gb: float = option(0.5, "judge_model: the judge engine's KV cache on CPU, in GiB", low=0.0,
+                                      low_open=True, group="awpo")
+    judge_gpu_memory_utilization: float = option(0.2, "judge_model: share of GPU memory for the judge engine "
+                                                 "on CUDA (on top of vllm_gpu_memory_utilization)", low=0.0,
+                                                 high=1.0, low_open=True, group="awpo")
     missing_reasoning_score: typing.Optional[float] = option(
         0.0, "reasoning score of a completion without reasoning (no or an empty <think>) when the prompt asks "
         "for it (SPEC section 1: the worst score, so dropping <think> never escapes the reasoning reward); "
@@ -241,6 +269,7 @@ class Config:
                 resolve_categories(self.eval_bfcl)
             except ValueError as err:
                 raise ConfigError(f"eval_bfcl={self.eval_bfcl!r}: {err}") from None
+        _check_judge_options(self)
         if self.max_completion_length >= self.max_model_len:
             raise ConfigError(f"max_completion_length={self.max_completion_length} must be smaller than "
                               f"max_model_len={self.max_model_len}")
@@ -253,6 +282,40 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _check_judge_options(config: Config) -> None:
+    """The judge's model comes from one place, and what it names exists (the server is checked when
+    the trainer starts: awpo.judges.factory)."""
+    if config.judge_model and config.judge_url:
+        raise ConfigError(f"judge_model={config.judge_model!r} and judge_url={config.judge_url!r} are both set: "
+                          "choose one (judge_model: a judge engine in this process; judge_url: a judge server)")
+    for name in ("judge_model", "judge_url", "judge_rubric"):
+        if getattr(config, name) and config.judge != "llm":
+            raise ConfigError(f"{name}={getattr(config, name)!r} needs judge='llm' (judge={config.judge!r})")
+    for name in ("judge_model_name", "judge_api_key_env"):
+        if getattr(config, name) and not config.judge_url:
+            raise ConfigError(f"{name}={getattr(config, name)!r} applies to a judge server: set judge_url too")
+    if config.judge_model and not (Path(config.judge_model).expanduser() / "config.json").is_file():
+        raise ConfigError(f"judge_model={config.judge_model!r}: no such model directory (a local HF model "
+                          "directory with config.json)")
+    if config.judge_url:
+        from .judges.http import api_base
+
+        try:
+            api_base(config.judge_url)
+        except ValueError as err:
+            raise ConfigError(f"judge_url={config.judge_url!r}: {err}") from None
+    if config.judge_api_key_env and not os.environ.get(config.judge_api_key_env):
+        raise ConfigError(f"judge_api_key_env={config.judge_api_key_env!r}: no such environment variable, "
+                          "or it is empty")
+    if config.judge_rubric:
+        from .rewards.reasoning import load_rubric
+
+        try:
+            load_rubric(config.judge_rubric)
+        except ValueError as err:
+            raise ConfigError(f"judge_rubric={config.judge_rubric!r}: {err}") from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -108,7 +108,12 @@ def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike)
 
 
 def attention_implementation(device: str | torch.device = "cpu") -> str:
-    """"flash_attention_2" when flash-attn imports and the model runs on CUDA, else "sdpa"."""
+    """"flash_attention_2" when flash-attn imports and the model runs on CUDA, else "sdpa".
+
+    This is the model's own attention (generation, unpacked forwards). The packed training forward of a
+    group's shared prompt switches to FlexAttention on CUDA for its duration, flash-attention or not
+    (`awpo.attention`), and uses a dense mask through SDPA on CPU.
+    """
     on_cuda = torch.device(device).type == "cuda"
     if on_cuda and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"

@@ -5,8 +5,12 @@ last hidden state and `awpo_kernels.fused_linear_policy_loss` takes that and the
 
 Sequences are packed padding-free: the micro-batch is one row, `position_ids` restart at 0 for
 each sequence, and `use_cache=False` (transformers then keeps the packed sequences from attending
-to each other). Only the hidden states that predict a loss token (a token the policy sampled) go
-into the loss.
+to each other). A group's prompt is packed once for its G responses (`awpo.attention`: a dense mask
+on CPU, a FlexAttention block mask on CUDA, O(T) memory). Only the hidden states that predict a loss
+token (a token the policy sampled) go into the loss.
+
+With `bf16_autocast` the fused loss runs under the same autocast: on CUDA its LM-head GEMMs then read
+bf16 operands (fp32 logits and softmax); on CPU it computes in fp32 either way.
 
 Normalisation: the loss of one optimizer step equals the loss of its whole mini-batch computed at
 once, however it is split into micro-batches (the token count or sequence count of the whole
@@ -16,6 +20,7 @@ denominators, so skipping them changes no number.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -23,6 +28,8 @@ from dataclasses import dataclass
 import torch
 
 import awpo_kernels as ak
+
+from . import attention
 
 
 @dataclass
@@ -75,20 +82,23 @@ class MicroBatch:
     targets: torch.Tensor           # [N] the loss tokens
     seq_ids: torch.Tensor           # [N] in [0, len(seq_indices))
     sampling_logprobs: torch.Tensor  # [N]
-    attention_mask: torch.Tensor | None = None   # [1, 1, T, T] bool, shared-prompt packing only
+    # shared-prompt packing only: [1, 1, T, T] bool ("dense") or a FlexAttention BlockMask ("flex")
+    attention_mask: object | None = None
+    attention: str | None = None
     old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     importance_weights: torch.Tensor | None = None
 
 
-def pack(batch: RolloutBatch, seq_indices: list[int], device, *, share_prompts: bool = True) -> MicroBatch:
+def pack(batch: RolloutBatch, seq_indices: list[int], device, *, share_prompts: bool = True,
+         attention_mode: str | None = None) -> MicroBatch:
     """Pack sequences into one row, padding-free (`position_ids` restart for every sequence).
 
     `share_prompts`: consecutive sequences with the same prompt (a group's G completions) store that
-    prompt once and every response attends to it through a block mask: the forward pass then costs
+    prompt once and every response attends to it through a mask: the forward pass then costs
     prompt + G responses tokens instead of G x (prompt + response), about 3x fewer with the
-    built-in tasks. Without it (flash-attention's variable-length kernels take no custom mask) each
-    sequence is packed whole and no mask is needed.
+    built-in tasks. `attention_mode` ('dense' or 'flex', default `awpo.attention.attention_mode(device)`)
+    says how the mask reaches the model. Without sharing each sequence is packed whole, no mask.
     """
     ids, positions, segments, prompt_of = [], [], [], []
     hidden_index, targets, seq_ids, sampling = [], [], [], []
@@ -117,23 +127,24 @@ def pack(batch: RolloutBatch, seq_indices: list[int], device, *, share_prompts: 
     def tensor(values, dtype):
         return torch.tensor(values, dtype=dtype, device=device)
 
-    mask = _shared_prompt_mask(segments, prompt_of, device) if share_prompts else None
-    return MicroBatch(seq_indices, tensor([ids], torch.long), tensor([positions], torch.long),
-                      tensor(hidden_index, torch.long), tensor(targets, torch.long), tensor(seq_ids, torch.long),
-                      tensor(sampling, torch.float32), attention_mask=mask)
+    micro = MicroBatch(seq_indices, tensor([ids], torch.long), tensor([positions], torch.long),
+                       tensor(hidden_index, torch.long), tensor(targets, torch.long), tensor(seq_ids, torch.long),
+                       tensor(sampling, torch.float32))
+    if share_prompts:
+        layout = segment_layout(segments, prompt_of, device)
+        micro.attention = attention_mode or attention.attention_mode(device)
+        micro.attention_mask = (attention.block_mask(layout) if micro.attention == "flex"
+                                else attention.dense_mask(layout))
+    return micro
 
 
-def _shared_prompt_mask(segments: list[tuple], prompt_of: list[tuple], device) -> torch.Tensor:
-    """[1, 1, T, T] bool: causal, and a token sees its own segment plus, for a response, its prompt."""
+def segment_layout(segments: list[tuple], prompt_of: list[tuple], device) -> attention.SegmentLayout:
+    """Segment ids per token, and the segment each token also sees (a response's prompt)."""
     names = {name: k for k, name in enumerate(dict.fromkeys(segments))}
-    segment = torch.tensor([names[s] for s in segments], device=device)
+    segment = torch.tensor([names[s] for s in segments], dtype=torch.long, device=device)
     response_prompt = {("r", local): names[p] for local, p in enumerate(prompt_of)}
-    parent = torch.tensor([response_prompt.get(s, names[s]) for s in segments], device=device)
-    position = torch.arange(len(segments), device=device)
-    causal = position[None, :] <= position[:, None]
-    same = segment[None, :] == segment[:, None]
-    sees_prompt = segment[None, :] == parent[:, None]
-    return (causal & (same | sees_prompt))[None, None]
+    parent = torch.tensor([response_prompt.get(s, names[s]) for s in segments], dtype=torch.long, device=device)
+    return attention.SegmentLayout(segment, parent)
 
 
 def last_hidden_states(model, micro: MicroBatch, *, bf16_autocast: bool = False) -> torch.Tensor:
@@ -144,15 +155,20 @@ def last_hidden_states(model, micro: MicroBatch, *, bf16_autocast: bool = False)
     """
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     device_type = micro.input_ids.device.type
-    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16_autocast):
+    flex = attention.use_shared_attention(model) if micro.attention == "flex" else contextlib.nullcontext()
+    with flex, torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16_autocast):
         out = base(input_ids=micro.input_ids, position_ids=micro.position_ids,
                    attention_mask=micro.attention_mask, use_cache=False)
     hidden = out.last_hidden_state[0].index_select(0, micro.hidden_index)
     return hidden.to(lm_head_weight(model).dtype)
 
 
-def shares_prompts(model) -> bool:
-    """Shared-prompt packing needs a custom attention mask, which flash-attention cannot take."""
+def shares_prompts(model, device=None) -> bool:
+    """Whether a group's prompt can be packed once: always through FlexAttention ('flex', CUDA); through
+    the dense mask only where the model's attention takes a custom mask (not flash-attention)."""
+    device = device if device is not None else next(model.parameters()).device
+    if attention.attention_mode(device) == "flex":
+        return True
     return getattr(model.config, "_attn_implementation", "sdpa") != "flash_attention_2"
 
 
@@ -197,9 +213,16 @@ def _contributes(batch: RolloutBatch, index: int, options: UpdateOptions) -> boo
 def token_logprobs(model, micro: MicroBatch, temperature: float, *, entropy: bool = False,
                    bf16_autocast: bool = False):
     hidden = last_hidden_states(model, micro, bf16_autocast=bf16_autocast)
-    out = ak.linear_logprobs(hidden, lm_head_weight(model), micro.targets, temperature=temperature,
-                             return_entropy=entropy)
+    with _loss_autocast(hidden, bf16_autocast):
+        out = ak.linear_logprobs(hidden, lm_head_weight(model), micro.targets, temperature=temperature,
+                                 return_entropy=entropy)
     return out.logprobs, out.entropy
+
+
+def _loss_autocast(hidden: torch.Tensor, bf16_autocast: bool):
+    """The LM-head ops under the policy's autocast (bf16 GEMMs on CUDA; ignored on CPU, where they
+    compute in fp32)."""
+    return torch.autocast(device_type=hidden.device.type, dtype=torch.bfloat16, enabled=bf16_autocast)
 
 
 def importance_weights(old: torch.Tensor, sampling: torch.Tensor, seq_ids: torch.Tensor, num_seqs: int,
@@ -226,7 +249,7 @@ def prepare_micro_batches(model, ref_model, batch: RolloutBatch, plans, options:
     for plan in plans:
         step_micro = []
         for indices in plan.micro_batches:
-            micro = pack(batch, indices, device, share_prompts=shares_prompts(model))
+            micro = pack(batch, indices, device, share_prompts=shares_prompts(model, device))
             if need_old:
                 micro.old_logprobs, entropy = token_logprobs(model, micro, options.temperature, entropy=True,
                                                              bf16_autocast=options.bf16_autocast)
@@ -304,7 +327,19 @@ def _backward_micro_batch(model, batch, micro: MicroBatch, plan: OptimizerStepPl
     else:  # grpo / dr_grpo average over sequences: weight this micro-batch by its share of them
         scale = len(micro.seq_indices) / plan.num_seqs
     hidden = last_hidden_states(model, micro, bf16_autocast=options.bf16_autocast)
-    result = ak.fused_linear_policy_loss(
+    with _loss_autocast(hidden, options.bf16_autocast):
+        result = _fused_loss(model, batch, micro, index, hidden, advantages, options, loss_type, num_items)
+    loss = result.loss * scale
+    loss.backward()
+    tokens = int(micro.targets.numel())
+    for name, value in result.metrics.items():
+        tally.add_weighted(name, float(value), tokens)
+    return float(loss.detach())
+
+
+def _fused_loss(model, batch, micro, index, hidden, advantages, options: UpdateOptions, loss_type, num_items):
+    device = micro.targets.device
+    return ak.fused_linear_policy_loss(
         hidden, lm_head_weight(model), micro.targets, advantages, seq_ids=micro.seq_ids,
         old_logprobs=micro.old_logprobs, ref_logprobs=micro.ref_logprobs,
         importance_weights=micro.importance_weights, temperature=options.temperature,
@@ -313,12 +348,6 @@ def _backward_micro_batch(model, batch, micro: MicroBatch, plan: OptimizerStepPl
         delta=options.delta, beta=options.beta, kl_type=options.kl_type, entropy_coef=options.entropy_coef,
         loss_type=loss_type, importance_sampling_level=options.importance_sampling_level,
         max_completion_length=options.max_completion_length, num_items_in_batch=num_items)
-    loss = result.loss * scale
-    loss.backward()
-    tokens = int(micro.targets.numel())
-    for name, value in result.metrics.items():
-        tally.add_weighted(name, float(value), tokens)
-    return float(loss.detach())
 
 
 def _clip_gradients(model, max_norm: float) -> float:

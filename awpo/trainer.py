@@ -90,13 +90,17 @@ def lr_lambda(kind: str, total_steps: int, warmup_steps: int):
 
 
 def make_judge(config: Config, engine, tokenizer):
+    """The reasoning judge: None (GRPO, or judge 'none'), the rule judge, or an LLM judge whose model
+    is judge_url's server, judge_model's engine, or else the policy's own engine (awpo.judges)."""
     if config.estimator == "grpo" or config.judge == "none":
         return None
-    from .rewards import LLMJudge, RuleJudge
+    from .rewards import RuleJudge
 
     if config.judge == "rule":
         return RuleJudge(missing_reasoning_score=config.missing_reasoning_score)
-    return LLMJudge.from_engine(engine, tokenizer=tokenizer, missing_reasoning_score=config.missing_reasoning_score)
+    from .judges import build_llm_judge
+
+    return build_llm_judge(config, engine=engine, tokenizer=tokenizer)
 
 
 def seed_everything(seed: int) -> None:
@@ -331,6 +335,8 @@ class Trainer:
             scores = self.score_fn(episodes)
         else:
             scores = score_episodes(episodes, graded=config.graded_outcome, judge=self.judge)
+        # requests, failures, latency; stops the run (JudgeUnavailableError) when the judge is gone
+        judge_metrics = self.judge.finish_step() if hasattr(self.judge, "finish_step") else {}
         advantages = compute_advantages(scores.outcome, scores.reasoning, group_size=config.num_generations,
                                         options=self.advantage_options)
         scored = time.perf_counter()
@@ -345,7 +351,7 @@ class Trainer:
         self.step = step
         metrics = {"step": step, "epoch": self.data.position / len(self.train_tasks),
                    "accuracy": float(np.mean(scores.exact)), **advantages.metrics, **update,
-                   **episode_metrics(episodes),
+                   **episode_metrics(episodes), **judge_metrics,
                    "time/rollout_s": rolled - started, "time/reward_s": scored - rolled,
                    "time/sync_s": synced - updated, "time/step_s": synced - started}
         sampled = sum(e.num_sampled_tokens for e in episodes)

@@ -1,8 +1,14 @@
 """Backend choice, input checks and layout handling shared by the public ops.
 
-Checks raise `ValueError` (or `IndexError` for token ids) naming the bad argument. The token-id and
+Checks raise `ValueError` (or `IndexError` for token ids) naming the bad argument. The token-id, seq_ids and
 finiteness checks read tensor values, which costs one host synchronisation on CUDA; set
-`AWPO_KERNELS_CHECK_INPUTS=0` to skip them in a trusted hot loop (shape and option checks stay).
+`AWPO_KERNELS_CHECK_INPUTS=0` to skip them in a trusted hot loop (shape, device and option checks stay):
+then the ops make no host synchronisation at all (the CUDA tests run them under
+`torch.cuda.set_sync_debug_mode("error")`).
+
+Tuning switches for a GPU sweep, read at every call (no effect on the numbers):
+  AWPO_KERNELS_OVERLAP=1    two CUDA streams: the epilogue of chunk i+1 runs while chunk i's backward GEMMs
+                            do (two logits workspaces instead of one).
 """
 from __future__ import annotations
 
@@ -46,6 +52,17 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
 
 def values_checked() -> bool:
     return os.environ.get("AWPO_KERNELS_CHECK_INPUTS", "1") != "0"
+
+
+def overlap_enabled() -> bool:
+    return os.environ.get("AWPO_KERNELS_OVERLAP", "0") == "1"
+
+
+def check_device(name: str, tensor: torch.Tensor | None, device: torch.device) -> None:
+    """A per-token or per-sequence tensor must live with the inputs (a 0-dim CPU tensor is a scalar)."""
+    if tensor is None or tensor.device == device or (tensor.dim() == 0 and tensor.device.type == "cpu"):
+        return
+    raise ValueError(f"{name} must be on the inputs' device ({device}); got {tensor.device}")
 
 
 def check_choice(name: str, value, allowed) -> None:
@@ -121,13 +138,14 @@ def flat_layout(targets: torch.Tensor, advantages: torch.Tensor, seq_ids: torch.
     if advantages.dim() != 1:
         raise ValueError(f"advantages must be 1-D (one value per sequence); got shape {tuple(advantages.shape)}")
     num_seqs = advantages.shape[0]
+    check_device("advantages", advantages, targets.device)
     if seq_ids is None:
         if targets.dim() != 2:
             raise ValueError(f"{targets_name} must be [B, T] in the padded layout (or pass seq_ids for the packed "
                              f"layout); got shape {tuple(targets.shape)}")
         B, T = targets.shape
         check_shape("advantages", advantages, (B,), f"one per row of {targets_name}")
-        ids = torch.arange(B, device=targets.device).repeat_interleave(T)
+        ids = torch.arange(B * T, device=targets.device) // max(T, 1)
         padded_length = T
     else:
         if targets.dim() != 1:
@@ -135,6 +153,7 @@ def flat_layout(targets: torch.Tensor, advantages: torch.Tensor, seq_ids: torch.
         check_shape("seq_ids", seq_ids, targets.shape, f"one per token of {targets_name}")
         if seq_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"seq_ids must be an integer tensor; got {seq_ids.dtype}")
+        check_device("seq_ids", seq_ids, targets.device)
         if values_checked() and seq_ids.numel() and bool(((seq_ids < 0) | (seq_ids >= num_seqs)).any()):
             raise IndexError(f"seq_ids must lie in [0, {num_seqs}) (len(advantages)); got values outside it")
         ids = seq_ids.long()
@@ -150,6 +169,12 @@ def check_loss_options(layout: FlatLayout, *, old_logprobs, ref_logprobs, import
                        epsilon_low, epsilon_high, delta, beta, kl_type, entropy_coef, loss_type,
                        importance_sampling_level, max_completion_length, num_items_in_batch):
     """Validate the policy-loss options; returns the resolved max_completion_length."""
+    device = layout.seq_ids.device
+    for name, t in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs),
+                    ("importance_weights", importance_weights), ("epsilon_low", epsilon_low),
+                    ("epsilon_high", epsilon_high), ("num_items_in_batch", num_items_in_batch)):
+        if isinstance(t, torch.Tensor):
+            check_device(name, t, device)
     check_choice("loss_type", loss_type, LOSS_TYPES)
     check_choice("kl_type", kl_type, KL_TYPES)
     check_choice("importance_sampling_level", importance_sampling_level, IS_LEVELS)
@@ -192,6 +217,34 @@ GPU_CHUNK_BYTES = 2**30
 def check_chunk_size(chunk_size) -> None:
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+
+
+# Chunk rows are balanced in multiples of this many rows (cuBLAS tiles on a GPU; on CPU, 16 as before).
+GPU_CHUNK_ALIGN = 128
+CPU_CHUNK_ALIGN = 16
+
+
+def chunk_bounds(num_rows: int, max_rows: int, align: int) -> list[tuple[int, int]]:
+    """(start, stop) of the fewest chunks of at most `max_rows` rows covering `num_rows`, balanced.
+
+    Chunk sizes are multiples of `align` (when max_rows >= align) that differ by at most one `align`
+    block, instead of full chunks and a ragged tail: 16384 rows at most 1760 a chunk give 2 x 1536 +
+    8 x 1664, not 9 x 1760 + 544. Only the last chunk can end off a block (where num_rows does), and it
+    is one of the larger ones, so that ending early keeps it within a block of the others.
+    """
+    if num_rows <= 0:
+        return []
+    align = align if max_rows >= align else 1
+    blocks = -(-num_rows // align)
+    per_chunk = max(1, max_rows // align)
+    chunks = -(-blocks // per_chunk)
+    base, extra = divmod(blocks, chunks)
+    bounds, start = [], 0
+    for index in range(chunks):
+        stop = min(num_rows, start + (base + (index >= chunks - extra)) * align)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
 
 
 def default_chunk_size(vocab_size: int, device: torch.device, bytes_per_row: int | None = None) -> int:

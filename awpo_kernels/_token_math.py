@@ -52,8 +52,9 @@ class LossSpec:
 
 
 def _per_sequence(value, num_seqs: int, dtype, device) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, torch.Tensor) and not (value.dim() == 0 and value.device.type == "cpu"):
         return value.to(device=device, dtype=dtype).expand(num_seqs).contiguous()
+    # a float, or a CPU scalar tensor: a fill, never a host-to-device copy (no synchronisation)
     return torch.full((num_seqs,), float(value), dtype=dtype, device=device)
 
 
@@ -73,8 +74,8 @@ def aggregation_weights(mask, seq_ids, num_seqs, loss_type, max_completion_lengt
         return maskf / (num_seqs * max_completion_length)
     if num_items_in_batch is None:  # dapo
         return maskf / maskf.sum().clamp(min=1.0)
-    if isinstance(num_items_in_batch, torch.Tensor):
-        return maskf / num_items_in_batch.to(device=maskf.device, dtype=dtype)
+    if isinstance(num_items_in_batch, torch.Tensor):  # a CPU scalar divides on the host's value: no copy
+        return maskf / num_items_in_batch.to(dtype=dtype)
     return maskf / float(num_items_in_batch)
 
 

@@ -54,7 +54,7 @@ class TorchEpilogue:
         safe_targets = torch.where(valid, targets, torch.zeros_like(targets)).long().unsqueeze(1)
 
         log_probs = self._log_probs(z, rows)
-        logp = torch.where(valid, log_probs.gather(1, safe_targets).squeeze(1), torch.zeros((), dtype=z.dtype))
+        logp = torch.where(valid, log_probs.gather(1, safe_targets).squeeze(1), z.new_zeros(()))
         results.logprobs[rows] = logp
 
         probs = None
@@ -62,7 +62,7 @@ class TorchEpilogue:
             probs = torch.exp(log_probs, out=buffers[1])
             plogp = log_probs.mul_(probs)                      # buffer 0 now holds p * lp
             if plan.entropy is None:
-                entropy = torch.where(valid, -plogp.sum(dim=1), torch.zeros((), dtype=z.dtype))
+                entropy = torch.where(valid, -plogp.sum(dim=1), z.new_zeros(()))
                 results.entropy[rows] = entropy
             else:
                 entropy = plan.entropy[rows]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from . import reference
-from ._chunked import ChunkPlan, fast_path, run_chunks
+from ._chunked import ChunkPlan, fast_path, lm_head_gemm_dtypes, run_chunks
 from ._runtime import IGNORE_INDEX, check_chunk_size, check_positive, check_token_ids, resolve_backend
 from .outputs import LogprobsOutput
 
@@ -38,6 +38,7 @@ def check_lm_head(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
 class _Config:
     backend: str
     compute_dtype: torch.dtype
+    gemm_dtypes: tuple           # fixed at the forward (the caller's autocast), reused by the backward
     inv_temperature: float
     return_entropy: bool
     chunk_size: int | None
@@ -53,7 +54,7 @@ class _LinearLogprobsFunction(torch.autograd.Function):
         flat_hidden, flat_targets = _flat(hidden, targets)
         plan = ChunkPlan(flat_targets, config.inv_temperature, need_entropy=config.return_entropy, save_lse=True)
         res = run_chunks(flat_hidden, weight, plan, backend=config.backend, compute_dtype=config.compute_dtype,
-                         chunk_size=config.chunk_size)
+                         gemm_dtypes=config.gemm_dtypes, chunk_size=config.chunk_size)
         ctx.config = config
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: skip its term
         ctx.save_for_backward(hidden, weight, targets, res.lse, res.entropy)
@@ -78,7 +79,8 @@ class _LinearLogprobsFunction(torch.autograd.Function):
         plan = ChunkPlan(flat_targets, config.inv_temperature, need_entropy=entropy_grad is not None, coef=coef,
                          entropy_grad=entropy_grad, lse=lse, entropy=entropy)
         res = run_chunks(flat_hidden, weight, plan, backend=config.backend, compute_dtype=config.compute_dtype,
-                         chunk_size=config.chunk_size, grad_hidden=ctx.needs_input_grad[0],
+                         gemm_dtypes=config.gemm_dtypes, chunk_size=config.chunk_size,
+                         grad_hidden=ctx.needs_input_grad[0],
                          grad_weight=ctx.needs_input_grad[1])
         grad_hidden = None if res.grad_hidden is None else res.grad_hidden.reshape(hidden.shape)
         return grad_hidden, res.grad_weight, None, None
@@ -90,8 +92,10 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     """log_softmax(hidden @ weight.T / temperature)[targets] in fp32; 0 where targets == -100.
 
     hidden [..., H], weight [V, H], targets [...] -> LogprobsOutput(logprobs [...], entropy [...] or None),
-    differentiable w.r.t. hidden and weight. `chunk_size` = token rows per chunk (default: a chunk of
-    fp32 logits stays within 128 MiB on CPU, 1 GiB on GPU). `backend`: see `_runtime.resolve_backend`.
+    differentiable w.r.t. hidden and weight. `chunk_size` = token rows per chunk at most (default: a chunk
+    of fp32 logits stays within 128 MiB on CPU, 1 GiB on GPU; chunks are balanced). `backend`: see
+    `_runtime.resolve_backend`. On CUDA the GEMMs read bf16 operands under bf16 autocast or when either
+    input is bf16 (logits always fp32): see `_matmul`.
     """
     check_lm_head(hidden, weight, targets)
     check_positive("temperature", temperature)
@@ -101,13 +105,14 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         return reference.linear_logprobs(hidden, weight, targets, temperature=temperature,
                                          return_entropy=return_entropy)
     backend, dtype = fast_path(backend, hidden, weight)
-    config = _Config(backend, dtype, 1.0 / temperature, bool(return_entropy), chunk_size)
+    config = _Config(backend, dtype, lm_head_gemm_dtypes(hidden, weight, dtype), 1.0 / temperature,
+                     bool(return_entropy), chunk_size)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         out = _LinearLogprobsFunction.apply(hidden, weight, targets, config)
         logp, entropy = out if return_entropy else (out, None)
         return LogprobsOutput(logprobs=logp, entropy=entropy)
     flat_hidden, flat_targets = _flat(hidden, targets)
     res = run_chunks(flat_hidden, weight, ChunkPlan(flat_targets, config.inv_temperature, need_entropy=return_entropy),
-                     backend=backend, compute_dtype=dtype, chunk_size=chunk_size)
+                     backend=backend, compute_dtype=dtype, gemm_dtypes=config.gemm_dtypes, chunk_size=chunk_size)
     entropy = None if res.entropy is None else res.entropy.reshape(targets.shape)
     return LogprobsOutput(logprobs=res.logprobs.reshape(targets.shape), entropy=entropy)

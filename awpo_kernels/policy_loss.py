@@ -21,7 +21,7 @@ import torch
 
 from . import reference
 from ._autograd import attach_gradients
-from ._chunked import ChunkPlan, fast_path, run_chunks
+from ._chunked import ChunkPlan, fast_path, lm_head_gemm_dtypes, run_chunks
 from ._runtime import (IGNORE_INDEX, check_chunk_size, check_loss_options, check_shape, flat_layout,
                        resolve_backend)
 from ._token_math import build_loss_spec, sequence_slopes, token_coefficients
@@ -79,9 +79,11 @@ def _fused_fast(layout, weight, advantages, backend, temperature, entropy_coef, 
     want_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     plan = ChunkPlan(layout.targets.contiguous(), 1.0 / temperature, need_entropy=entropy_coef != 0.0)
 
+    gemm_dtypes = lm_head_gemm_dtypes(hidden, weight, dtype)
+
     def run(plan, **grads):
         return run_chunks(hidden.detach(), weight.detach(), plan, backend=backend, compute_dtype=dtype,
-                          chunk_size=chunk_size, **grads)
+                          gemm_dtypes=gemm_dtypes, chunk_size=chunk_size, **grads)
 
     if not want_grad:
         res = first = run(plan)

@@ -200,14 +200,24 @@ def group_advantages(
 # --------------------------------------------------------------------------------------------
 
 def _per_token(value, seq_ids):
-    """A float or a per-sequence tensor [S], gathered to the tokens."""
+    """A float or a per-sequence tensor [S], gathered to the tokens (a CPU scalar tensor as a float)."""
     if isinstance(value, torch.Tensor) and value.dim() > 0:
         return value[seq_ids]
+    if isinstance(value, torch.Tensor) and value.device.type == "cpu":
+        return float(value)
     return value
 
 
 def _per_sequence_sum(x, seq_ids, num_seqs):
     return torch.zeros(num_seqs, dtype=x.dtype, device=x.device).index_add(0, seq_ids, x)
+
+
+def _clamp(x, low, high):
+    """torch.clamp with bounds that are each a float or a tensor like x. clamp takes two numbers or two
+    tensors; a float bound becomes a filled tensor (never a host-to-device copy: no synchronisation)."""
+    if isinstance(low, torch.Tensor) != isinstance(high, torch.Tensor):
+        low, high = (b if isinstance(b, torch.Tensor) else torch.full_like(x, b) for b in (low, high))
+    return torch.clamp(x, low, high)
 
 
 def _kl(kind, logp, ref_logp):
@@ -246,10 +256,7 @@ def policy_loss_flat(
     eps_lo = _per_token(epsilon_low, seq_ids)
     eps_hi = _per_token(epsilon_high, seq_ids)
     ratio1 = ratio if delta is None else torch.clamp(ratio, max=delta)
-    # clamp takes bounds that are both numbers or both tensors; epsilons may be one of each
-    low = torch.as_tensor(1.0 - eps_lo, dtype=dtype, device=logp.device)
-    high = torch.as_tensor(1.0 + eps_hi, dtype=dtype, device=logp.device)
-    ratio2 = torch.clamp(ratio, low, high)
+    ratio2 = _clamp(ratio, 1.0 - eps_lo, 1.0 + eps_hi)
     per_token = -torch.minimum(ratio1 * adv, ratio2 * adv)
     if importance_weights is not None:
         per_token = per_token * importance_weights.to(dtype).detach()

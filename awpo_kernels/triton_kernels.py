@@ -12,11 +12,15 @@ owns BLOCK_ROWS rows and walks the vocabulary in BLOCK_V blocks, twice:
             a program only ever touches its own rows; a barrier per block orders its warps' loads
             before their stores).
 
+Rows whose target is -100 are never read: they get logp = entropy = 0 and d(logits) = 0 (written).
 Hyper-parameters (temperature, eps, delta, beta, entropy_coef) are runtime scalars; constexprs are
-block sizes and flags that change the code (optional inputs, KL type, IS level). The kernels use only
+block sizes and flags that change the code (optional inputs, KL type, IS level). The block sizes and
+warps can be overridden by environment variables for a sweep (EPILOGUE_ENV). The kernels use only
 pointer arithmetic and masks, so they run on triton 3.6 and 3.9 and under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -89,15 +93,16 @@ def _loss_coefficients(rows, in_range, valid, logp, seq_ids_ptr, agg_ptr, adv_pt
 # ----------------------------------------------------------------------------- LM-head epilogue
 
 @triton.jit
-def _online_softmax_stats(z_rows, in_range, vocab, inv_temperature, BLOCK_ROWS: tl.constexpr,
+def _online_softmax_stats(z_rows, read_rows, vocab, inv_temperature, BLOCK_ROWS: tl.constexpr,
                           BLOCK_V: tl.constexpr, NEED_ENTROPY: tl.constexpr):
-    """Per row: max, sum exp(z - max), sum exp(z - max) (z - max), in one pass over the vocabulary."""
+    """Per row: max, sum exp(z - max), sum exp(z - max) (z - max), in one pass over the vocabulary.
+    Only the rows `read_rows` are loaded (the others give max -inf and sums 0)."""
     row_max = tl.full([BLOCK_ROWS], float("-inf"), tl.float32)
     sum_exp = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
     sum_pz = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
     for start in range(0, vocab, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
-        mask = in_range[:, None] & (cols < vocab)[None, :]
+        mask = read_rows[:, None] & (cols < vocab)[None, :]
         z = tl.load(z_rows[:, None] + cols[None, :], mask=mask, other=float("-inf")) * inv_temperature
         new_max = tl.maximum(row_max, tl.max(z, 1))
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # rows past the chunk end
@@ -122,12 +127,14 @@ def _write_dlogits(z_rows, dz_rows, in_range, valid, safe_targets, lse, entropy,
     NARROW_DZ (bf16/fp16 dz over fp32 z): dz column j lands in the bytes of z column j // 2, which another
     warp of this program may not have loaded yet, so every warp loads its block before any warp stores.
     Later blocks start past every byte stored so far: one barrier per block is enough.
+    Rows whose target is ignored (not `valid`) are written as zeros without loading their logits.
     """
     c = coef * inv_temperature
     e = entropy_grad * inv_temperature
     for start in range(0, vocab, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
-        mask = in_range[:, None] & (cols < vocab)[None, :]
+        in_vocab = (cols < vocab)[None, :]
+        mask = valid[:, None] & in_vocab
         z = tl.load(z_rows[:, None] + cols[None, :], mask=mask, other=0.0) * inv_temperature
         if NARROW_DZ:
             tl.debug_barrier()
@@ -138,7 +145,8 @@ def _write_dlogits(z_rows, dz_rows, in_range, valid, safe_targets, lse, entropy,
             dz = dz - e[:, None] * p * (log_p + entropy[:, None])
         dz = tl.where(cols[None, :] == safe_targets[:, None], dz + c[:, None], dz)
         dz = tl.where(valid[:, None], dz, 0.0)
-        tl.store(dz_rows[:, None] + cols[None, :], dz.to(dz_rows.dtype.element_ty), mask=mask)
+        store_mask = in_range[:, None] & in_vocab
+        tl.store(dz_rows[:, None] + cols[None, :], dz.to(dz_rows.dtype.element_ty), mask=store_mask)
 
 
 @triton.jit(do_not_specialize=["row_start", "n_rows"])
@@ -168,11 +176,12 @@ def _lm_head_epilogue_kernel(
         if NEED_ENTROPY:
             entropy = tl.load(entropy_ptr + rows, mask=in_range, other=0.0)
     else:
-        row_max, sum_exp, sum_pz = _online_softmax_stats(z_rows, in_range, vocab, inv_temperature, BLOCK_ROWS,
+        # Rows whose target is ignored are never read: their logp and entropy are 0, their lse unused.
+        row_max, sum_exp, sum_pz = _online_softmax_stats(z_rows, valid, vocab, inv_temperature, BLOCK_ROWS,
                                                           BLOCK_V, NEED_ENTROPY)
-        sum_exp = tl.where(in_range, sum_exp, 1.0)  # rows past the chunk end: keep them finite
+        sum_exp = tl.where(valid, sum_exp, 1.0)  # ignored rows, rows past the chunk end: keep them finite
         log_sum = tl.log(sum_exp)  # >= 0: the max itself contributes exp(0) = 1
-        lse = tl.where(in_range, row_max + log_sum, 0.0)
+        lse = tl.where(valid, row_max + log_sum, 0.0)
         logp = tl.where(valid, (target_logit - row_max) - log_sum, 0.0)  # <= 0 by construction
         tl.store(logp_ptr + rows, logp, mask=in_range)
         if SAVE_LSE:
@@ -240,11 +249,31 @@ def _loss_arguments(spec: LossSpec | None, placeholder: torch.Tensor):
     return pointers, scalars, flags
 
 
+# Environment overrides of the epilogue's launch configuration, for a sweep on a GPU (read at every launch;
+# each new value compiles one more kernel variant, the numbers do not change).
+EPILOGUE_ENV = {"BLOCK_ROWS": "AWPO_KERNELS_EPILOGUE_BLOCK_ROWS", "BLOCK_V": "AWPO_KERNELS_EPILOGUE_BLOCK_V",
+                "num_warps": "AWPO_KERNELS_EPILOGUE_NUM_WARPS"}
+_EPILOGUE_LIMITS = {"BLOCK_ROWS": (1, 64), "BLOCK_V": (16, 65536), "num_warps": (1, 32)}
+
+
+def _override(name: str, default: int) -> int:
+    variable = EPILOGUE_ENV[name]
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    low, high = _EPILOGUE_LIMITS[name]
+    value = int(text) if text.isdigit() else 0
+    if not (low <= value <= high and value & (value - 1) == 0):
+        raise ValueError(f"{variable} must be a power of two in [{low}, {high}]; got {text!r}")
+    return value
+
+
 def _block_sizes(vocab: int):
-    """(BLOCK_ROWS, BLOCK_V, num_warps). The interpreter pays per operation, so it gets big tiles."""
-    if triton_interpreting():
-        return 16, min(4096, triton.next_power_of_2(vocab)), 1
-    return 1, min(4096, triton.next_power_of_2(vocab)), 8
+    """(BLOCK_ROWS, BLOCK_V, num_warps). The interpreter pays per operation, so it gets big tiles.
+    Each can be overridden through EPILOGUE_ENV."""
+    block_v = min(4096, triton.next_power_of_2(vocab))
+    rows, warps = (16, 1) if triton_interpreting() else (1, 8)
+    return _override("BLOCK_ROWS", rows), _override("BLOCK_V", block_v), _override("num_warps", warps)
 
 
 class TritonEpilogue:

@@ -7,7 +7,9 @@ Implementations are registered by name, so a fresh subprocess can rebuild any ca
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -15,7 +17,7 @@ from typing import Callable
 import torch
 
 import awpo_kernels
-from . import baselines
+from . import baselines, trl_baselines
 from .shapes import GroupShape, LMHeadShape, shape_by_name
 
 OPS = ("fused_linear_policy_loss", "linear_logprobs", "group_advantages")
@@ -134,11 +136,29 @@ def _policy_loss_step(loss_fn, inputs: LMHeadInputs):
     return step
 
 
-def _awpo_policy_loss(backend, chunk_size=None):
+def _awpo_policy_loss(backend, chunk_size=None, overlap=False):
     def loss_fn(hidden, weight, targets, advantages):
-        return awpo_kernels.fused_linear_policy_loss(hidden, weight, targets, advantages, loss_type="grpo",
-                                                     beta=0.0, backend=backend, chunk_size=chunk_size).loss
+        with _overlap(overlap):
+            return awpo_kernels.fused_linear_policy_loss(hidden, weight, targets, advantages, loss_type="grpo",
+                                                         beta=0.0, backend=backend, chunk_size=chunk_size).loss
     return loss_fn
+
+
+@contextlib.contextmanager
+def _overlap(enabled: bool):
+    """AWPO_KERNELS_OVERLAP=1 for the block when `enabled` (the two-stream chunk loop), else untouched."""
+    if not enabled:
+        yield
+        return
+    saved = os.environ.get("AWPO_KERNELS_OVERLAP")
+    os.environ["AWPO_KERNELS_OVERLAP"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("AWPO_KERNELS_OVERLAP")
+        else:
+            os.environ["AWPO_KERNELS_OVERLAP"] = saved
 
 
 def _policy_loss_summary(loss, inputs: LMHeadInputs) -> dict:
@@ -181,11 +201,14 @@ def _policy_loss_impls(options: CaseOptions) -> dict:
     return {
         "awpo": lambda x: _policy_loss_step(_awpo_policy_loss(None), x),
         "awpo-torch": lambda x: _policy_loss_step(_awpo_policy_loss("torch"), x),
+        "awpo-overlap": lambda x: _policy_loss_step(_awpo_policy_loss(None, overlap=True), x),
         "materialised": lambda x: _policy_loss_step(baselines.materialised_policy_loss, x),
         "materialised-compiled": lambda x: _policy_loss_step(compiled(baselines.materialised_policy_loss), x),
         # Liger's own torch.compile is Inductor-only: the smoke run (eager backend) runs it uncompiled.
         "liger": lambda x: _policy_loss_step(
             baselines.liger_grpo_loss(compiled=options.compile_backend == "inductor"), x),
+        # TRL 1.16's GRPOTrainer: its chunked fused LM head, then its GRPO loss (benchmarks/trl_baselines.py)
+        "trl": lambda x: _policy_loss_step(trl_baselines.trl_grpo_loss, x),
         FLOOR: lambda x: _gemm_step(baselines.lm_head_gemms, x),
     }
 
@@ -235,18 +258,21 @@ _IMPLS = {"fused_linear_policy_loss": _policy_loss_impls, "linear_logprobs": _lo
 _SUMMARIES = {"fused_linear_policy_loss": _policy_loss_summary, "linear_logprobs": _logprobs_summary,
               "group_advantages": _advantages_summary}
 _NOT_COMPARABLE = {FLOOR, "grpo-plain"}  # different math: a floor, not an implementation of the op
+CUDA_ONLY = {"awpo-torch", "awpo-overlap"}
 
 
 def implementations(op: str, device: str, chunk_sizes=()) -> list[str]:
     """Implementations of `op` that can run on `device` here, the library's default path first.
 
-    'awpo-torch' is listed on CUDA only (on CPU the default backend already is the torch one); Liger
+    'awpo-torch' and 'awpo-overlap' (the two-stream chunk loop, AWPO_KERNELS_OVERLAP=1) are listed on
+    CUDA only (on CPU the default backend already is the torch one, and there are no streams); Liger
     only when `liger_kernel` imports. `chunk_sizes` adds 'awpo-chunkROWS' variants to the LM-head ops.
     """
     check_op(op)
     names = list(_IMPLS[op](CaseOptions()))
     on_cuda = str(device).startswith("cuda")
-    names = [n for n in names if (n != "awpo-torch" or on_cuda) and (n != "liger" or baselines.liger_available())]
+    names = [n for n in names if (n not in CUDA_ONLY or on_cuda) and (n != "liger" or baselines.liger_available())
+             and (n != "trl" or trl_baselines.trl_available())]
     if op != "group_advantages":
         names[1:1] = [chunk_variant(rows) for rows in chunk_sizes]
     return names

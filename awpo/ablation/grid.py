@@ -171,7 +171,12 @@ def check_finished_run_matches(run: Run) -> None:
         return
     stored = json.loads(run.result_path.read_text()).get("config", {})
     planned = identity(run.config)
-    differences = {k: (stored.get(k), v) for k, v in planned.items() if json.dumps(stored.get(k)) != json.dumps(v)}
+    defaults = dataclasses.asdict(Config())
+    differences = {
+        k: (stored.get(k), v)
+        for k, v in planned.items()
+        if json.dumps(stored[k] if k in stored else defaults.get(k)) != json.dumps(v)
+    }  # an option added after the run was stored ran at its default
     if differences:
         shown = ", ".join(f"{k}: {old!r} there, {new!r} planned" for k, (old, new) in sorted(differences.items())[:4])
         raise ConfigError(f"{run.directory} holds a finished run with other options ({shown}); "

@@ -12,10 +12,10 @@ dict values against possible-answer dicts; a value of another type than the sche
 ground truth's own type is compared as is (BFCL's "variable" rule). Without ``tools`` the expected
 type of a parameter is the type of its first non-``""`` acceptable value.
 
-On 22,039 BFCL entries (the reference answer of every simple/multiple/parallel/parallel-multiple
-entry, live ones included, plus 13 kinds of corruption of it) this verdict agreed with BFCL's
-``ast_checker`` on all but one, ``parallel_178``, the first difference below. Deliberate
-differences from BFCL, all rare in practice:
+``tests/awpo/test_outcome_vs_bfcl.py`` checks that this verdict equals BFCL's own (Qwen-FC decoding +
+``ast_checker`` / irrelevance check, run in BFCL's venv) on a seeded sample of real BFCL entries, each
+answered correctly and in deliberately wrong ways. Deliberate differences from BFCL, all rare in
+practice (``parallel_178`` is a real entry where the first one shows):
 
 - parallel calls are matched by a true bijection (augmenting paths); BFCL matches greedily in
   ground-truth order and can reject an output for which a valid assignment exists;

@@ -9,7 +9,8 @@ that do not ask for reasoning (then missing reasoning is "no score"). Two judges
 
 - ``RuleJudge``: deterministic and instant, for CPU runs and tests.
 - ``LLMJudge``: a rubric prompt answered by any text generator (the policy's own rollout engine by
-  default, or another local model); the score is parsed robustly from the reply.
+  default, a second engine for a fixed judge model, or an OpenAI-compatible server: the backends
+  live in ``awpo.judges``); the score is parsed robustly from the reply.
 
 ``prompt`` is the user's request as text (e.g. the last user message), not the rendered template.
 """
@@ -20,9 +21,13 @@ import json
 import logging
 import math
 import re
+import string
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
+from ..judges.health import FailureWatch, JudgeStats
 from ..toolcall import ToolCall, normalize_tools
 from .outcome import as_float, normalize_string
 
@@ -212,83 +217,156 @@ Grade the reasoning from 0 to 10. Give points when it:
 - invents no facts, tools or parameter values;
 - stays concise.
 Reply with one short sentence, then a last line of the form "Score: N/10"."""
+RUBRIC_FIELDS = ("prompt", "tools", "reasoning", "calls")
+
+
+def check_rubric(text) -> str:
+    """``text`` if it is a usable rubric template, else ValueError saying why.
+
+    A rubric is a ``str.format`` template: it may show ``{prompt}`` (the user's request),
+    ``{tools}`` (one line per tool), ``{reasoning}`` (required) and ``{calls}`` (one JSON call per
+    line); literal braces are written ``{{`` and ``}}``. The reply should end with a score the
+    parser reads (``Score: N/D``; a bare number is read on the 0-10 scale).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("the rubric is empty")
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError as err:
+        raise ValueError(f"the rubric is not a valid template ({err}); write literal braces as {{{{ and }}}}") from None
+    unknown = sorted(fields - set(RUBRIC_FIELDS))
+    if unknown:
+        shown = ", ".join("{" + name + "}" for name in unknown)
+        raise ValueError(f"the rubric uses unknown field(s) {shown}; it may use "
+                         f"{', '.join('{' + f + '}' for f in RUBRIC_FIELDS)} (literal braces: {{{{ and }}}})")
+    if "reasoning" not in fields:
+        raise ValueError("the rubric never shows the reasoning: put {reasoning} in it")
+    return text
+
+
+def load_rubric(path: str) -> str:
+    """A rubric template from a text file (see ``check_rubric``); ValueError naming the file."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read the rubric file {path}: {err}") from None
+    try:
+        return check_rubric(text)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+@dataclass
+class Verdict:
+    """One completion's judgement: the score, and how it came about.
+
+    ``status``: "scored" (the judge replied with a score), "cached" (scored earlier this step),
+    "missing_reasoning" (not sent: no reasoning), "failed" (no reply: error, timeout, malformed
+    response) or "unreadable" (a reply without a readable score). ``reply`` is the judge's text when
+    it was asked in this call.
+    """
+
+    score: float
+    status: str
+    reply: str | None = None
 
 
 class LLMJudge:
     """Scores reasoning by asking a language model with a rubric.
 
-    ``generate`` maps a list of prompts to a list of reply texts (same length). Scores are cached
-    per (prompt, completion) until ``clear_cache()`` / ``new_step()``; failed or unparseable replies
-    give NaN (and are not cached), never an exception. A completion without reasoning is not sent to
-    the model: it scores ``missing_reasoning_score`` (0.0 by default; None: NaN).
+    ``generate`` maps a list of prompts to a list of replies (same length); a ``None`` reply means
+    that request failed. Scores are cached per (prompt, completion) until ``new_step()`` /
+    ``clear_cache()``; failed or unparseable replies give NaN (and are not cached), never an
+    exception. A completion without reasoning is not sent to the model: it scores
+    ``missing_reasoning_score`` (0.0 by default; None: NaN).
+
+    ``stats`` counts this step's requests, failures and waiting time; ``finish_step()`` returns them
+    as metrics and raises ``JudgeUnavailableError`` once ``max_failed_steps`` steps in a row asked
+    the judge and got no score at all (0: never). ``name`` says which model judges, in messages.
     """
 
     def __init__(
         self,
-        generate: Callable[[list[str]], list[str]],
+        generate: Callable[[list[str]], list[str | None]],
         *,
         rubric: str = RUBRIC,
         scale: float = 10.0,
         max_field_chars: int = 2000,
         missing_reasoning_score: float | None = MISSING_REASONING_SCORE,
+        max_failed_steps: int = 0,
+        name: str = "LLM judge",
     ):
         if not callable(generate):
             raise ValueError("generate must be a callable: list of prompts -> list of texts")
         if scale <= 0:
             raise ValueError(f"scale must be > 0, got {scale}")
         self.generate = generate
-        self.rubric = rubric
+        self.rubric = check_rubric(rubric)
         self.scale = scale
         self.max_field_chars = max_field_chars
         self.missing_reasoning_score = check_missing_reasoning_score(missing_reasoning_score)
+        self.name = name
+        self.stats = JudgeStats()
+        self.watch = FailureWatch(max_failed_steps)
         self._cache: dict[tuple, float] = {}
 
     @classmethod
-    def from_engine(cls, engine, *, tokenizer=None, temperature: float = 0.0, max_tokens: int = 96, **kwargs) -> "LLMJudge":
+    def from_engine(cls, engine, *, tokenizer=None, temperature: float = 0.0, max_tokens: int = 96,
+                    max_model_len: int | None = None, **kwargs) -> "LLMJudge":
         """A judge backed by a rollout engine (``awpo.rollout``'s ``generate(prompts, n=...)``).
 
-        With ``tokenizer``, the rubric is wrapped in the model's chat template as a user turn.
+        With ``tokenizer``, the rubric is wrapped in the model's chat template as a user turn; with
+        ``max_model_len``, a rubric prompt too long for the engine gets no reply (NaN).
         """
+        from ..judges.engine import EngineBackend
 
-        def generate(prompts: list[str]) -> list[str]:
-            if tokenizer is not None:
-                prompts = [
-                    tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-                    for p in prompts
-                ]
-            groups = engine.generate(prompts, n=1, temperature=temperature, max_tokens=max_tokens)
-            return [group[0].text for group in groups]
-
-        return cls(generate, **kwargs)
+        backend = EngineBackend(engine, tokenizer, max_tokens=max_tokens, max_model_len=max_model_len,
+                                temperature=temperature)
+        return cls(backend, **kwargs)
 
     def score(self, prompt: str, reasoning: str | None, calls: list[ToolCall], tools: list[dict]) -> float:
         return self.score_many([JudgeRequest(prompt, reasoning, calls, tools)])[0]
 
     def score_many(self, requests: Sequence[JudgeRequest]) -> list[float]:
-        scores = [NAN] * len(requests)
+        return [verdict.score for verdict in self.verdicts(requests)]
+
+    def verdicts(self, requests: Sequence[JudgeRequest]) -> list[Verdict]:
+        """``score_many`` with each score's status and the judge's reply (for ``python -m awpo.judge``)."""
+        verdicts: list[Verdict | None] = [None] * len(requests)
         todo: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):
-            if not has_reasoning(request.reasoning):
-                scores[index] = self.missing_reasoning_score  # nothing to judge (SPEC section 1)
+            if not has_reasoning(request.reasoning):  # nothing to judge (SPEC section 1)
+                verdicts[index] = Verdict(self.missing_reasoning_score, "missing_reasoning")
                 continue
             key = _cache_key(request)
             if key in self._cache:
-                scores[index] = self._cache[key]
+                verdicts[index] = Verdict(self._cache[key], "cached")
+                self.stats.cached += 1
             else:
                 todo.setdefault(key, []).append(index)
         if todo:
             first = [requests[indices[0]] for indices in todo.values()]
-            for (key, indices), value in zip(todo.items(), self._generate_scores(first)):
-                if not math.isnan(value):
-                    self._cache[key] = value
+            for (key, indices), verdict in zip(todo.items(), self._ask(first)):
+                if verdict.status == "scored":
+                    self._cache[key] = verdict.score
                 for index in indices:
-                    scores[index] = value
-        return scores
+                    verdicts[index] = verdict
+        return verdicts
 
     def clear_cache(self) -> None:
         self._cache.clear()
 
-    new_step = clear_cache
+    def new_step(self) -> None:
+        """Forget the cached scores (the policy changed) and start this step's counts."""
+        self.clear_cache()
+        self.stats = JudgeStats()
+
+    def finish_step(self) -> dict[str, float]:
+        """This step's judge metrics; JudgeUnavailableError after ``max_failed_steps`` steps in a row
+        in which every request failed."""
+        metrics = self.stats.metrics()
+        self.watch.observe(self.stats, self.name)
+        return metrics
 
     def rubric_prompt(self, request: JudgeRequest) -> str:
         calls = "\n".join(json.dumps(c.to_dict(), ensure_ascii=False) for c in request.calls) or "(no tool call)"
@@ -299,16 +377,39 @@ class LLMJudge:
             calls=_clip(calls, self.max_field_chars),
         )
 
-    def _generate_scores(self, requests: list[JudgeRequest]) -> list[float]:
+    def _ask(self, requests: list[JudgeRequest]) -> list[Verdict]:
+        started = time.perf_counter()
+        replies, error = self._replies([self.rubric_prompt(r) for r in requests])
+        verdicts = [_verdict(reply, self.scale) for reply in replies]
+        stats = self.stats
+        stats.latency_s += time.perf_counter() - started
+        stats.requests += len(verdicts)
+        failed = sum(v.status == "failed" for v in verdicts)
+        stats.failed += failed
+        stats.unreadable += sum(v.status == "unreadable" for v in verdicts)
+        if failed:
+            stats.last_error = error or getattr(self.generate, "last_error", None) or "no reply"
+            logger.warning("LLM judge (%s): %d of %d requests failed: %s", self.name, failed, len(verdicts),
+                           stats.last_error)
+        return verdicts
+
+    def _replies(self, prompts: list[str]) -> tuple[list, str | None]:
+        """The generator's replies, or all None and the reason when the call itself failed."""
         try:
-            replies = self.generate([self.rubric_prompt(r) for r in requests])
+            replies = self.generate(prompts)
         except Exception as exc:  # a judge failure must not stop training: NaN = no score
-            logger.warning("LLM judge generation failed: %s", exc)
-            return [NAN] * len(requests)
-        if not isinstance(replies, list) or len(replies) != len(requests):
-            logger.warning("LLM judge returned %r replies for %d prompts", type(replies).__name__, len(requests))
-            return [NAN] * len(requests)
-        return [parse_judge_score(reply, scale=self.scale) for reply in replies]
+            return [None] * len(prompts), f"generation failed: {exc}"
+        if not isinstance(replies, list) or len(replies) != len(prompts):
+            count = len(replies) if isinstance(replies, list) else type(replies).__name__
+            return [None] * len(prompts), f"the judge returned {count} replies for {len(prompts)} prompts"
+        return replies, None
+
+
+def _verdict(reply, scale: float) -> Verdict:
+    if not isinstance(reply, str):
+        return Verdict(NAN, "failed")
+    score = parse_judge_score(reply, scale=scale)
+    return Verdict(score, "unreadable" if math.isnan(score) else "scored", reply)
 
 
 def _cache_key(request: JudgeRequest) -> tuple:

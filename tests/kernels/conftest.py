@@ -43,6 +43,20 @@ BACKEND_PARAMS = {
 }
 
 
+def needs_cuda(item) -> bool:
+    """The test skips without a GPU: one of its skipif marks names CUDA as the reason."""
+    return any("cuda" in str(mark.kwargs.get("reason", "")).lower() for mark in item.iter_markers("skipif"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """benchmarks/gpu_suite.sh selects the CUDA tests with `-k cuda`: a test that skips without CUDA must
+    carry "cuda" in its name (or its parameter id), or the GPU run would silently leave it out."""
+    hidden = [item.nodeid for item in items if needs_cuda(item) and "cuda" not in item.nodeid.lower()]
+    if hidden:
+        raise pytest.UsageError("CUDA tests that `pytest -k cuda` (benchmarks/gpu_suite.sh) would not select; put "
+                                "'cuda' in their names: " + ", ".join(hidden))
+
+
 def pytest_generate_tests(metafunc):
     if not getattr(metafunc.module, "PARAMETRIZE_LM_BACKENDS", False):  # opt-in: other modules keep their names
         return
@@ -53,7 +67,7 @@ def pytest_generate_tests(metafunc):
 
 # Tolerance on values and gradients against the float64 reference, by input dtype. fp64 inputs run the
 # chunked torch path in fp64; bf16 results (gradients in bf16) carry bf16 rounding.
-TOLERANCE = {torch.float64: 1e-9, torch.float32: 3e-5, torch.bfloat16: 2e-2}
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 3e-5, torch.bfloat16: 2e-2, torch.float16: 1e-2}
 
 
 def assert_matches(got, expected, dtype, what="", atol=0.0, tol=None):
@@ -134,9 +148,38 @@ def assert_same_results(got, expected, dtype, what=""):
         assert_matches(got[key], expected[key], dtype, f"{what} {key}")
 
 
+def run_epilogue(device, logits, targets, spec, dz_dtype, temperature=0.9):
+    """One TritonEpilogue call on a copy of `logits` -> (dz as fp32 on the CPU, the results)."""
+    from awpo_kernels._chunked import ChunkPlan, ChunkResults
+    from awpo_kernels.triton_kernels import TritonEpilogue
+
+    rows = logits.shape[0]
+    plan = ChunkPlan(targets, 1 / temperature, need_entropy=True, spec=spec, save_lse=True)
+    out = ChunkResults(logprobs=torch.zeros(rows, device=device), entropy=torch.zeros(rows, device=device),
+                       lse=torch.zeros(rows, device=device))
+    workspace = logits.clone().unsqueeze(0)
+    dz = TritonEpilogue(plan, out, write_grad=True, dz_dtype=dz_dtype)(workspace, slice(0, rows))
+    assert dz.dtype == dz_dtype and dz.data_ptr() == workspace.data_ptr()
+    return dz.float().cpu(), out
+
+
+def epilogue_inputs(device, rows, vocab, seed=33):
+    from awpo_kernels._token_math import build_loss_spec
+
+    g = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(rows, vocab, generator=g)).to(device)
+    targets = torch.randint(0, vocab, (rows,), generator=g).to(device)
+    targets[4] = -100
+    seq_ids = (torch.arange(rows) // 5).to(device)
+    spec = build_loss_spec(seq_ids, targets != -100, 3, torch.randn(3, generator=g).to(device),
+                           dtype=torch.float32, entropy_coef=0.1, beta=0.0)
+    return logits, targets, spec
+
+
 @pytest.fixture
 def kt():
     """The helpers above, for the test modules of this folder."""
     return SimpleNamespace(make_case=make_case, rollout_logprobs=rollout_logprobs, run_fused=run_fused,
                            assert_matches=assert_matches, assert_same_results=assert_same_results,
-                           to_device=to_device, TOLERANCE=TOLERANCE)
+                           to_device=to_device, TOLERANCE=TOLERANCE, run_epilogue=run_epilogue,
+                           epilogue_inputs=epilogue_inputs)

@@ -24,6 +24,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from awpo_kernels import _advantages_triton, triton_kernels  # noqa: E402
+from benchmarks.profile import EPILOGUE_SWEEP  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
 INT_ARGS = {"z_stride", "dz_stride", "row_start", "n_rows", "vocab", "n_tokens", "group_size", "correction"}
@@ -104,6 +105,16 @@ def test_narrow_dlogits_wait_for_every_warp_before_storing():
     narrow = compile_for_hopper(kernel, dict(flags, NARROW_DZ=True), num_warps=8,
                                 pointers={"dz_ptr": "*bf16"}).asm["ptx"]
     assert narrow.count("bar.sync") == wide.count("bar.sync") + 1
+
+
+@pytest.mark.parametrize("block_rows, block_v, warps", EPILOGUE_SWEEP)
+def test_epilogue_launch_configurations_of_the_gpu_sweep_compile_for_hopper(block_rows, block_v, warps):
+    """`python -m benchmarks.profile --sweep` tries these through the AWPO_KERNELS_EPILOGUE_* variables:
+    each must build (spills are allowed here: the sweep measures whether a configuration pays)."""
+    flags = dict(epilogue_flags(narrow_dz=True, kl_type=3), BLOCK_ROWS=block_rows, BLOCK_V=block_v)
+    compiled = compile_for_hopper(triton_kernels._lm_head_epilogue_kernel, flags, num_warps=warps,
+                                  pointers={"dz_ptr": "*bf16"})
+    assert ".target sm_90" in compiled.asm["ptx"] and resource_usage(compiled)["REG"] > 0
 
 
 @pytest.mark.parametrize("level, has_old, has_delta, kl_type, is_weights",

@@ -151,3 +151,19 @@ def test_triton_backend_on_cpu_without_the_interpreter_explains_itself():
         ak.linear_logprobs(args["hidden"], args["weight"], args["targets"], backend="triton")
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         ak.fused_linear_policy_loss(*args.values(), backend="triton")
+
+
+@pytest.mark.parametrize("name", ["advantages", "old_logprobs", "epsilon_low", "num_items_in_batch"])
+def test_tensor_options_on_another_device_raise_naming_them(name):
+    """A per-sequence or per-token tensor elsewhere than the inputs would be copied (a host sync) or read
+    through a wrong pointer: refused up front. (The meta device stands in for a GPU here.)"""
+    meta = {"advantages": torch.zeros(B, device="meta"), "old_logprobs": torch.zeros(B, T, device="meta"),
+            "epsilon_low": torch.zeros(B, device="meta"), "num_items_in_batch": torch.zeros(1, device="meta")}
+    with pytest.raises(ValueError, match=f"{name} must be on the inputs' device"):
+        fused(**{name: meta[name]})
+
+
+def test_a_cpu_scalar_tensor_option_is_a_scalar_not_a_device_mismatch():
+    expected = fused(epsilon_high=0.28, num_items_in_batch=40.0).loss
+    got = fused(epsilon_high=torch.tensor(0.28), num_items_in_batch=torch.tensor(40.0)).loss
+    torch.testing.assert_close(got, expected)

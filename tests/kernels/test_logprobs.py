@@ -216,7 +216,36 @@ def test_mixed_precision_inputs_fp32_hidden_bf16_weight(kt, backend):
     up = upstream_grads(case.targets.shape)
     got = run_logprobs(backend, case.hidden, case.weight, case.targets, up, return_entropy=True)
     expected = run_logprobs(backend, case.hidden, case.weight, case.targets, up, reference=True, return_entropy=True)
+    # CPU computes in fp32 (the fp32 hidden is never rounded); CUDA runs bf16 GEMMs on a bf16 input (fp32 logits)
+    values_dtype = torch.float32 if backend[1] == "cpu" else torch.bfloat16
     for name, a, b in zip(("logprobs", "entropy", "grad_hidden"), got, expected):
-        kt.assert_matches(a, b, torch.float32, name)  # the fp32 hidden is never rounded to bf16
+        kt.assert_matches(a, b, values_dtype, name)
     kt.assert_matches(got[3], expected[3], torch.bfloat16, "grad_weight")
     assert got[2].dtype == torch.float32 and got[3].dtype == torch.bfloat16
+
+
+def test_bf16_inputs_give_fp32_accurate_logprobs(kt, backend):
+    """The logits are fp32 before the softmax, never rounded to bf16 (which costs ~1e-2 nats here): on
+    bf16 inputs the log-probs match the float64 reference of the same bf16 values to fp32 accuracy."""
+    case = kt.make_case(3, 7, 19, 1001, dtype=torch.bfloat16, seed=17, logit_scale=4.0)
+    up = upstream_grads(case.targets.shape)
+    got = run_logprobs(backend, case.hidden, case.weight, case.targets, up, return_entropy=True)
+    expected = run_logprobs(backend, case.hidden, case.weight, case.targets, up, reference=True, return_entropy=True)
+    kt.assert_matches(got[0], expected[0], torch.float32, "logprobs")
+    kt.assert_matches(got[1], expected[1], torch.float32, "entropy")
+    rounded = torch.log_softmax((case.hidden.double() @ case.weight.double().T).bfloat16().double(), -1)
+    picked = rounded.gather(-1, case.targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    assert (picked - expected[0].double())[case.mask].abs().max() > 1e-3  # bf16 logits would fail the check above
+
+
+def test_cpu_autocast_leaves_the_torch_path_in_fp32(kt):
+    """The caller's autocast never reaches inside the op on CPU (no bf16 GEMM sneaks in), here with a
+    bf16 hidden state, whose gradient GEMM autocast would otherwise round to bf16 twice."""
+    case = kt.make_case(3, 7, 19, 1001, seed=18)
+    case.hidden = case.hidden.bfloat16()
+    up = upstream_grads(case.targets.shape)
+    plain = run_logprobs(("torch", "cpu"), case.hidden, case.weight, case.targets, up, return_entropy=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = run_logprobs(("torch", "cpu"), case.hidden, case.weight, case.targets, up, return_entropy=True)
+    for a, b in zip(autocast, plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

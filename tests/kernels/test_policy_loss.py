@@ -89,7 +89,7 @@ def test_every_option_matches_reference_fp32(kt, backend, entry):
 
 
 @pytest.mark.parametrize("shape", [(2, 9, 33, 5003), (5, 3, 7, 3)], ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_odd_shapes_and_dtypes(kt, backend, shape, dtype):
     case = kt.make_case(*shape, dtype=dtype, seed=21)
     check_fused(kt, backend, case, temperature=1.2, loss_type="grpo", beta=0.1, kl_type="k3", entropy_coef=0.01)
@@ -279,34 +279,45 @@ def test_num_items_in_batch_scales_the_dapo_loss(kt, backend):
 
 
 @pytest.mark.parametrize("vocab", [1001, 20011])
-def test_triton_epilogue_writes_bf16_dlogits_in_place(triton_backend, vocab):
+def test_triton_epilogue_writes_bf16_dlogits_in_place(kt, triton_backend, vocab):
     """The kernel's bf16 d(logits) land in the first half of each fp32 row's bytes (the CUDA layout
     with bf16 weights): the result must equal the fp32 d(logits) up to bf16 rounding. At V=20011 a row
     spans several vocabulary blocks, so on a GPU one warp's stores land on bytes other warps load."""
-    from awpo_kernels._chunked import ChunkPlan, ChunkResults
-    from awpo_kernels._token_math import build_loss_spec
-    from awpo_kernels.triton_kernels import TritonEpilogue
-
     _, device = triton_backend
-    g = torch.Generator().manual_seed(33)
-    rows = 13
-    logits = (3 * torch.randn(rows, vocab, generator=g)).to(device)
-    targets = torch.randint(0, vocab, (rows,), generator=g).to(device)
-    targets[4] = -100
-    seq_ids = (torch.arange(rows) // 5).to(device)
-    spec = build_loss_spec(seq_ids, targets != -100, 3, torch.randn(3, generator=g).to(device),
-                           dtype=torch.float32, entropy_coef=0.1, beta=0.0)
-    results = []
-    for dz_dtype in (torch.float32, torch.bfloat16):
-        plan = ChunkPlan(targets, 1 / 0.9, need_entropy=True, spec=spec)
-        out = ChunkResults(logprobs=torch.zeros(rows, device=device), entropy=torch.zeros(rows, device=device))
-        workspace = logits.clone().unsqueeze(0)
-        dz = TritonEpilogue(plan, out, write_grad=True, dz_dtype=dz_dtype)(workspace, slice(0, rows))
-        assert dz.dtype == dz_dtype and dz.data_ptr() == workspace.data_ptr()
-        results.append(dz.float().cpu())
+    logits, targets, spec = kt.epilogue_inputs(device, 13, vocab)
+    wide, _ = kt.run_epilogue(device, logits, targets, spec, torch.float32)
+    narrow, _ = kt.run_epilogue(device, logits, targets, spec, torch.bfloat16)
     # within one bf16 unit in the last place (the interpreter truncates, GPUs round to nearest)
-    assert ((results[1] - results[0]).abs() <= 2 ** -7 * results[0].abs()).all()
-    assert results[0].abs().sum() > 0 and (results[0][4] == 0).all()
+    assert ((narrow - wide).abs() <= 2 ** -7 * wide.abs()).all()
+    assert wide.abs().sum() > 0 and (wide[4] == 0).all()
+
+
+def test_triton_epilogue_never_reads_the_logits_of_ignored_rows(kt, triton_backend):
+    """Rows whose target is -100 are written as zeros without being read: NaN there leaves every output
+    finite (a read would put NaN into that row's log-sum-exp)."""
+    _, device = triton_backend
+    logits, targets, spec = kt.epilogue_inputs(device, 13, 1001)
+    clean, clean_out = kt.run_epilogue(device, logits, targets, spec, torch.float32)
+    logits[4] = float("nan")
+    dz, out = kt.run_epilogue(device, logits, targets, spec, torch.float32)
+    assert torch.equal(dz, clean) and (dz[4] == 0).all() and dz.abs().sum() > 0
+    for name in ("logprobs", "entropy", "lse"):
+        values = getattr(out, name).cpu()
+        assert torch.isfinite(values).all() and values[4] == 0, name
+        assert torch.equal(values, getattr(clean_out, name).cpu()), name
+
+
+@pytest.mark.parametrize("rows, block_v, warps", [("2", "64", "2"), ("1", "16", "1")])
+def test_triton_epilogue_launch_overrides_give_the_same_numbers(kt, triton_backend, monkeypatch, rows, block_v,
+                                                                  warps):
+    case = kt.make_case(3, 7, 19, 1001, seed=36)
+    options = build_options(kt, case, 1.0, beta=0.1, entropy_coef=0.02)
+    expected = kt.run_fused(triton_backend, case, reference=True, **options)
+    monkeypatch.setenv("AWPO_KERNELS_EPILOGUE_BLOCK_ROWS", rows)
+    monkeypatch.setenv("AWPO_KERNELS_EPILOGUE_BLOCK_V", block_v)
+    monkeypatch.setenv("AWPO_KERNELS_EPILOGUE_NUM_WARPS", warps)
+    got = kt.run_fused(triton_backend, case, chunk_size=8, **options)
+    kt.assert_same_results(got, expected, case.dtype, f"rows={rows} block_v={block_v} warps={warps}")
 
 
 def test_int32_ids_and_strided_packed_inputs(kt, backend):
@@ -330,7 +341,7 @@ def test_int32_ids_and_strided_packed_inputs(kt, backend):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled Triton kernels need a CUDA GPU")
-def test_changing_hyper_parameters_never_recompiles_the_kernel(kt):
+def test_cuda_changing_hyper_parameters_never_recompiles_the_kernel(kt):
     from awpo_kernels import triton_kernels
 
     def compiled_variants():  # triton 3.x keeps (kernel_cache, ...) per device
@@ -365,3 +376,15 @@ def test_one_per_sequence_epsilon_and_one_float_mix():
         results.append((out.loss.detach(), h.grad, w.grad))
     for got, expected in zip(results[1], results[0]):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_cpu_autocast_leaves_the_fused_loss_unchanged(kt):
+    """The trainer calls the loss under its bf16 autocast; on CPU the op computes in fp32 regardless."""
+    case = kt.make_case(3, 7, 19, 1001, seed=37)
+    case.hidden = case.hidden.bfloat16()
+    options = build_options(kt, case, 1.0, beta=0.1, entropy_coef=0.02, importance_weights=True)
+    plain = kt.run_fused(("torch", "cpu"), case, chunk_size=8, **options)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = kt.run_fused(("torch", "cpu"), case, chunk_size=8, **options)
+    for key in plain:
+        torch.testing.assert_close(autocast[key], plain[key], rtol=0, atol=0, msg=key)
