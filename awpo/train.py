@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from .judges import JudgeUnavailableError
     from .trainer import Trainer
 
     with logging_redirect_tqdm():
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             result = trainer.train(on_step=on_step)
-        except FloatingPointError as err:  # diverged: say so plainly; the checkpoints on disk are intact
+        except (FloatingPointError, JudgeUnavailableError) as err:
+            # diverged, or the reasoning judge is gone: say so plainly; the checkpoints on disk are intact
             bar.close()
             print(f"python -m awpo.train: error at step {trainer.step + 1}: {err}", file=sys.stderr)
             return 1
