@@ -150,7 +150,7 @@ def block_mask(layout: SegmentLayout, block: int = BLOCK_SIZE):
 
 # ----------------------------------------------------------------------------- the attention function
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_flex_attention():
     from torch.nn.attention.flex_attention import flex_attention
     return torch.compile(flex_attention)
@@ -184,7 +184,7 @@ def shared_prompt_attention(module, query, key, value, attention_mask, scaling=N
     return out.transpose(1, 2).contiguous(), None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def register() -> str:
     """Register `shared_prompt_attention` in transformers' AttentionInterface (once); its name."""
     from transformers import AttentionInterface

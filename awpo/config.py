@@ -2,7 +2,7 @@
 
 Option names follow TRL's `GRPOConfig` where TRL has the option (`num_generations`, `beta`,
 `epsilon`, `loss_type`, ...); AWPO's own options (`estimator`, `gate`, `weight`, `clip`, ...) mirror
-`awpo_kernels.group_advantages` (SPEC.md section 2). Every field carries its help text, its allowed
+`awpo_kernels.group_advantages` (docs/SPEC.md section 2). Every field carries its help text, its allowed
 values and its bounds in the field metadata: the command line (`--help`), the YAML loader and
 `validate()` all read them from there, so a documented option and a checked option never drift.
 
@@ -19,7 +19,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from awpo_kernels.advantages import ESTIMATORS, GATES
+from awpo_kernels import AdvantageOptions as KernelAdvantageOptions
+from awpo_kernels import LossOptions
 
 from .data.task import CATEGORIES
 
@@ -48,8 +49,8 @@ class Config:
                              "parallel_multiple, irrelevance, multi_turn); empty: the built-in single-turn "
                              "five, or every task of a file", group="run")
     max_train_tasks: int = option(0, "use at most this many training tasks (0: all)", low=0, group="run")
-    max_eval_tasks: int = option(0, "use at most this many held-out tasks (0: all)", low=0, group="run")
-    eval_seed: typing.Optional[int] = option(None, "seed of the built-in held-out tasks (none: seed); fix it to "
+    max_eval_tasks: int = option(64, "use at most this many held-out tasks (0: all)", low=0, group="run")
+    eval_seed: int | None = option(None, "seed of the built-in held-out tasks (none: seed); fix it to "
                                              "score runs of different seeds on the same tasks", group="run")
     eval_before: bool = option(True, "score the held-out tasks before training too (the ablation harness "
                                "scores the base model once instead)", group="run")
@@ -68,7 +69,7 @@ class Config:
     cpu_threads: int = option(0, "torch threads on CPU; 0: every core this process may use (OMP_NUM_THREADS, "
                               "when set, wins); a resumed run reuses the original count (thread counts change "
                               "float summation order)", low=0, group="run")
-    bf16_autocast: bool = option(False, "run the policy's forward/backward under bf16 autocast (fp32 master "
+    bf16_autocast: bool = option(True, "run the policy's forward/backward under bf16 autocast (fp32 master "
                                  "weights, fp32 LM-head math): about 2x faster on CPUs with AMX and on GPUs",
                                  group="run")
     resume: str = option("", "'' (fresh run), 'latest' (newest checkpoint in output_dir) or a checkpoint "
@@ -79,9 +80,9 @@ class Config:
                                         group="run")
 
     # ---- steps and batches ------------------------------------------------------------------
-    max_steps: int = option(30, "training steps; each rolls out prompts_per_step x num_generations "
+    max_steps: int = option(20, "training steps; each rolls out prompts_per_step x num_generations "
                             "completions and updates the policy on them", low=1, group="batch")
-    prompts_per_step: int = option(8, "prompts (groups) per training step", low=1, group="batch")
+    prompts_per_step: int = option(4, "prompts (groups) per training step", low=1, group="batch")
     num_generations: int = option(8, "completions per prompt (the group size G)", low=2, group="batch")
     per_device_train_batch_size: int = option(16, "completions per forward/backward micro-batch "
                                               "(a memory knob: it does not change the math)", low=1, group="batch")
@@ -91,7 +92,7 @@ class Config:
                                  "log-probs then come from the training model)", low=1, group="batch")
 
     # ---- optimizer --------------------------------------------------------------------------
-    learning_rate: float = option(1e-5, "AdamW learning rate", low=0.0, low_open=True, group="optim")
+    learning_rate: float = option(2e-5, "AdamW learning rate", low=0.0, low_open=True, group="optim")
     lr_scheduler_type: str = option("constant", "learning-rate schedule after warm-up",
                                     choices=("constant", "linear", "cosine"), group="optim")
     warmup_ratio: float = option(0.0, "share of the optimizer steps spent warming up linearly",
@@ -104,7 +105,7 @@ class Config:
                                 low=0.0, low_open=True, group="generation")
     top_p: float = option(1.0, "nucleus sampling of the rollouts", low=0.0, high=1.0, low_open=True,
                           group="generation")
-    max_completion_length: int = option(96, "response tokens per episode (tool outputs included); longer "
+    max_completion_length: int = option(128, "response tokens per episode (tool outputs included); longer "
                                         "episodes are truncated", low=1, group="generation")
     max_tool_rounds: int = option(4, "multi-turn tasks: tool-call rounds per user turn", low=1,
                                   group="generation")
@@ -122,25 +123,25 @@ class Config:
     # ---- policy loss (TRL GRPOConfig names) -------------------------------------------------------
     beta: float = option(0.0, "KL coefficient against the initial model (0: no reference model)", low=0.0,
                          group="loss")
-    kl_type: str = option("k3", "KL estimator", choices=("k1", "k2", "k3"), group="loss")
+    kl_type: str = option("k3", "KL estimator", choices=LossOptions.KL_TYPES, group="loss")
     epsilon: float = option(0.2, "PPO clip, lower side (and upper side unless epsilon_high)", low=0.0,
                             low_open=True, group="loss")
-    epsilon_high: typing.Optional[float] = option(None, "PPO clip, upper side (DAPO clip-higher); "
+    epsilon_high: float | None = option(None, "PPO clip, upper side (DAPO clip-higher); "
                                                   "none: epsilon", low=0.0, low_open=True, group="loss")
-    delta: typing.Optional[float] = option(None, "two-sided clip: cap the ratio at delta (none: off)",
+    delta: float | None = option(None, "two-sided clip: cap the ratio at delta (none: off)",
                                            low=1.0, low_open=True, group="loss")
     loss_type: str = option("dapo", "token aggregation of the loss",
-                            choices=("grpo", "bnpo", "dr_grpo", "dapo"), group="loss")
+                            choices=LossOptions.LOSS_TYPES, group="loss")
     scale_rewards: str = option("group", "outcome advantage scaling: 'group' (divide by the group std, "
-                                "GRPO) or 'none' (Dr. GRPO)", choices=("group", "none"), group="loss")
+                                "GRPO) or 'none' (Dr. GRPO)", choices=KernelAdvantageOptions.SCALES, group="loss")
     importance_sampling_level: str = option("token", "'token' ratios (GRPO) or one per 'sequence' (GSPO)",
-                                            choices=("token", "sequence"), group="loss")
+                                            choices=LossOptions.IMPORTANCE_SAMPLING_LEVELS, group="loss")
     mask_truncated_completions: bool = option(True, "leave completions cut by max_completion_length out "
                                               "of the loss (they still count in the group statistics)",
                                               group="loss")
     entropy_coef: float = option(0.0, "entropy bonus coefficient", low=0.0, group="loss")
     vllm_importance_sampling_correction: bool = option(
-        True, "weight the loss by the truncated importance ratio between the trainer's and the rollout "
+        False, "weight the loss by the truncated importance ratio between the trainer's and the rollout "
         "engine's log-probs (TRL semantics; costs one extra no-grad forward)", group="loss")
     vllm_importance_sampling_mode: str = option(
         "token_truncate", "how the ratio is capped: per token or per sequence, truncated at or masked "
@@ -148,19 +149,19 @@ class Config:
         group="loss")
     vllm_importance_sampling_cap: float = option(2.0, "cap of the importance ratio", low=1.0, group="loss")
 
-    # ---- AWPO advantages (SPEC.md section 2) ---------------------------------------------------
+    # ---- AWPO advantages (docs/SPEC.md section 2) ---------------------------------------------------
     estimator: str = option("awpo", "'awpo' (outcome + gated reasoning term), 'grpo' (outcome only); for "
                             "ablations 'awpo_mixed' (mix at the reward level), 'reward_sum' (GRPO on outcome + "
                             "reasoning_coef * reasoning) or 'gdpo' (each reward normalised in its group, summed, "
-                            "whitened over the batch)", choices=ESTIMATORS, group="awpo")
+                            "whitened over the batch)", choices=KernelAdvantageOptions.ESTIMATORS, group="awpo")
     gate: str = option("soft", "variance-aware gate of the reasoning term ('none': 1 everywhere, an ablation)",
-                       choices=GATES, group="awpo")
+                       choices=KernelAdvantageOptions.GATES, group="awpo")
     gate_threshold: float = option(0.0, "the 'hard' gate opens when the outcome variance is <= this", low=0.0,
                                    group="awpo")
     weight: str = option("linear", "difficulty weight: 'linear' (1 - pass rate), 'bernoulli' (4p(1-p)) "
-                         "or 'none'", choices=("linear", "bernoulli", "none"), group="awpo")
+                         "or 'none'", choices=KernelAdvantageOptions.WEIGHTS, group="awpo")
     clip: str = option("sign", "tailored clip of the reasoning term ('sign': it never flips the outcome "
-                       "advantage)", choices=("sign", "none"), group="awpo")
+                       "advantage)", choices=KernelAdvantageOptions.CLIPS, group="awpo")
     clip_ratio: float = option(0.5, "reasoning term bound as a share of |outcome advantage|", low=0.0,
                                low_open=True, group="awpo")
     clip_max: float = option(1.0, "reasoning term bound when the group's outcomes are all equal", low=0.0,
@@ -198,7 +199,7 @@ class Config:
     judge_gpu_memory_utilization: float = option(0.2, "judge_model: share of GPU memory for the judge engine "
                                                  "on CUDA (on top of vllm_gpu_memory_utilization)", low=0.0,
                                                  high=1.0, low_open=True, group="awpo")
-    missing_reasoning_score: typing.Optional[float] = option(
+    missing_reasoning_score: float | None = option(
         0.0, "reasoning score of a completion without reasoning (no or an empty <think>) when the prompt asks "
         "for it (SPEC section 1: the worst score, so dropping <think> never escapes the reasoning reward); "
         "none: no score (NaN), for prompts that do not ask for reasoning", low=0.0, high=1.0, group="awpo")
@@ -244,7 +245,23 @@ class Config:
             return 1
         return self.completions_per_step // (self.per_device_train_batch_size * self.gradient_accumulation_steps)
 
-    def validate(self) -> "Config":
+    def loss_options(self) -> LossOptions:
+        """The policy-loss options of this run (`awpo_kernels.LossOptions`): the fields of the same name,
+        with TRL's `epsilon` / `epsilon_high` as the clip bounds (the trainer overrides them per sequence
+        with the advantages' dynamic bounds)."""
+        return LossOptions(**_same_named(LossOptions, self), epsilon_low=self.epsilon,
+                           epsilon_high=self.effective_epsilon_high)
+
+    def advantage_options(self):  # -> awpo.batch_advantages.AdvantageOptions (imported late: torch)
+        """The advantage options of this run (`awpo.batch_advantages.AdvantageOptions`, an
+        `awpo_kernels.AdvantageOptions` plus graded_outcome): the fields of the same name, with TRL's
+        `scale_rewards`, `epsilon` and `epsilon_high`."""
+        from .batch_advantages import AdvantageOptions
+
+        return AdvantageOptions(**_same_named(AdvantageOptions, self), scale=self.scale_rewards,
+                                epsilon_low=self.epsilon, epsilon_high=self.effective_epsilon_high)
+
+    def validate(self) -> Config:
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
         if self.gradient_accumulation_steps:
@@ -282,6 +299,13 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _same_named(options_class: type, config: Config) -> dict:
+    """The fields of `options_class` that Config has under the same name (the clip epsilons excepted:
+    TRL calls them `epsilon` / `epsilon_high`, the latter optional)."""
+    names = {f.name for f in dataclasses.fields(Config)} - {"epsilon_low", "epsilon_high"}
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(options_class) if f.name in names}
 
 
 def _check_judge_options(config: Config) -> None:

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m awpo.eval", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None,
-                        help="local model directory (base model or awpo.train checkpoint); default: SmolLM2-135M-Instruct")
+                        help="local model directory (base model or awpo.train checkpoint); "
+                             "default: SmolLM2-135M-Instruct")
     parser.add_argument("--categories", nargs="+", default=["default"],
                         help=f"categories or groups ({', '.join(CATEGORY_GROUPS)}); known: {', '.join(ALL_CATEGORIES)}")
     parser.add_argument("--limit", type=int, default=None, help="first N entries of each category (default: all)")
@@ -110,10 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print two runs side by side: OTHER.json (vs this run), or A.json B.json (no run)")
     parser.add_argument("--engine", choices=["auto", "vllm", "hf"], default="auto")
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="per model call")
-    parser.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's, <= 8192)")
+    parser.add_argument("--max-model-len", type=int, default=None,
+                        help="context length (default: the model's, <= 8192)")
     parser.add_argument("--batch-size", type=int, default=32, help="single-turn prompts per engine call")
     parser.add_argument("--scripted", choices=["oracle", "silent"], default=None,
-                        help="score a scripted model instead (pipeline check: oracle ~100%%, silent 0%% but irrelevance)")
+                        help="score a scripted model instead "
+                             "(pipeline check: oracle ~100%%, silent 0%% but irrelevance)")
     return parser
 
 

@@ -24,9 +24,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ PIP_TIMEOUT_S = 1800
 
 def source_checkout() -> Path | None:
     """The repository root when this package runs from a writable source checkout, else None."""
-    if (REPO_ROOT / "setup.py").exists() and os.access(REPO_ROOT, os.W_OK):
+    if (REPO_ROOT / "pyproject.toml").exists() and os.access(REPO_ROOT, os.W_OK):
         return REPO_ROOT
     return None
 
@@ -60,7 +60,7 @@ class VenvRecipe:
     hashed_files: tuple[Path, ...] = ()
     note: str = "first use: about a minute"
     run_env: Callable[[], Mapping[str, str]] | None = None
-    finish: Callable[["VenvRecipe", Path], None] | None = None
+    finish: Callable[[VenvRecipe, Path], None] | None = None
 
     def default_dir(self) -> Path:
         """Where the venv lives when ``$<env_var>`` is not set."""

@@ -9,7 +9,9 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -77,25 +79,38 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 def plot_metrics(metrics_path: str | os.PathLike, png_path: str | os.PathLike, *, title: str = "") -> Path | None:
     """A grid of the PLOT_KEYS curves against the step; None when there is nothing to plot."""
+    records = [r for r in read_metrics(metrics_path) if "step" in r]
+    panels = [(key, label) for key, label in PLOT_KEYS if any(r.get(key) is not None for r in records)]
+
+    def draw(axis, key: str) -> None:
+        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=2.5, linewidth=1.2)
+
+    return plot_panels(panels, draw, png_path, title=title, cell=(4.2, 2.8))
+
+
+def plot_panels(panels: list[tuple[str, str]], draw: Callable[[Any, str], None], png_path: str | os.PathLike, *,
+                title: str = "", cell: tuple[float, float] = (4.2, 2.8), legend: bool = False) -> Path | None:
+    """A PNG of one panel per ``(key, title)`` against the step, three a row; ``draw(axis, key)`` fills a panel.
+    None (and no file) when there are no panels."""
+    if not panels:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in read_metrics(metrics_path) if "step" in r]
-    panels = [(key, label) for key, label in PLOT_KEYS if any(r.get(key) is not None for r in records)]
-    if not panels:
-        return None
     columns = 3
     rows = math.ceil(len(panels) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.8 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(cell[0] * columns, cell[1] * rows), squeeze=False)
     for axis, (key, label) in zip(axes.flat, panels):
-        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
-        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=2.5, linewidth=1.2)
+        draw(axis, key)
         axis.set_title(label, fontsize=9)
         axis.set_xlabel("step", fontsize=8)
         axis.tick_params(labelsize=7)
         axis.grid(alpha=0.3)
+    if legend:
+        axes.flat[0].legend(fontsize=7)
     for axis in list(axes.flat)[len(panels):]:
         axis.axis("off")
     if title:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -53,14 +53,10 @@ class RolloutBatch:
 
 @dataclass
 class UpdateOptions:
-    temperature: float = 1.0
-    beta: float = 0.0
-    kl_type: str = "k3"
-    entropy_coef: float = 0.0
-    delta: float | None = None
-    loss_type: str = "dapo"
-    importance_sampling_level: str = "token"
-    max_completion_length: int | None = None
+    """The policy update's options: the loss's (`awpo_kernels.LossOptions`; its clip epsilons are replaced
+    per sequence by the rollout batch's), then batching, optimisation and the IS correction."""
+
+    loss: ak.LossOptions = field(default_factory=ak.LossOptions)
     per_device_train_batch_size: int = 8
     optimizer_steps_per_iteration: int = 1
     num_iterations: int = 1
@@ -202,7 +198,7 @@ def plan_steps(batch: RolloutBatch, options: UpdateOptions) -> list[OptimizerSte
 def _contributes(batch: RolloutBatch, index: int, options: UpdateOptions) -> bool:
     if batch.num_loss_tokens(index) == 0:
         return False
-    return bool(batch.advantages[index] != 0) or options.beta != 0.0 or options.entropy_coef != 0.0
+    return bool(batch.advantages[index] != 0) or options.loss.beta != 0.0 or options.loss.entropy_coef != 0.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,11 +247,11 @@ def prepare_micro_batches(model, ref_model, batch: RolloutBatch, plans, options:
         for indices in plan.micro_batches:
             micro = pack(batch, indices, device, share_prompts=shares_prompts(model, device))
             if need_old:
-                micro.old_logprobs, entropy = token_logprobs(model, micro, options.temperature, entropy=True,
+                micro.old_logprobs, entropy = token_logprobs(model, micro, options.loss.temperature, entropy=True,
                                                              bf16_autocast=options.bf16_autocast)
                 entropies.append(entropy)
             if ref_model is not None:
-                micro.ref_logprobs, _ = token_logprobs(ref_model, micro, options.temperature,
+                micro.ref_logprobs, _ = token_logprobs(ref_model, micro, options.loss.temperature,
                                                        bf16_autocast=options.bf16_autocast)
             if options.is_correction:
                 micro.importance_weights = importance_weights(
@@ -315,12 +311,12 @@ def update_policy(model, optimizer, scheduler, batch: RolloutBatch, options: Upd
     return metrics
 
 
-def _backward_micro_batch(model, batch, micro: MicroBatch, plan: OptimizerStepPlan, options: UpdateOptions,
-                          tally) -> float:
+def _backward_micro_batch(model, batch: RolloutBatch, micro: MicroBatch, plan: OptimizerStepPlan,
+                          options: UpdateOptions, tally: _Tally) -> float:
     index = torch.tensor(micro.seq_indices, dtype=torch.long)
     device = micro.targets.device
     advantages = batch.advantages[index].to(device, torch.float32)
-    loss_type, num_items, scale = options.loss_type, None, 1.0
+    loss_type, num_items, scale = options.loss.loss_type, None, 1.0
     if loss_type in ("dapo", "bnpo"):
         # token-mean over the whole mini-batch: bnpo of the full batch == dapo with its token count
         loss_type, num_items = "dapo", float(max(plan.num_tokens, 1))
@@ -337,17 +333,16 @@ def _backward_micro_batch(model, batch, micro: MicroBatch, plan: OptimizerStepPl
     return float(loss.detach())
 
 
-def _fused_loss(model, batch, micro, index, hidden, advantages, options: UpdateOptions, loss_type, num_items):
+def _fused_loss(model, batch: RolloutBatch, micro: MicroBatch, index: torch.Tensor, hidden: torch.Tensor,
+                advantages: torch.Tensor, options: UpdateOptions, loss_type: str,
+                num_items: float | None) -> ak.PolicyLossOutput:
     device = micro.targets.device
     return ak.fused_linear_policy_loss(
         hidden, lm_head_weight(model), micro.targets, advantages, seq_ids=micro.seq_ids,
         old_logprobs=micro.old_logprobs, ref_logprobs=micro.ref_logprobs,
-        importance_weights=micro.importance_weights, temperature=options.temperature,
+        importance_weights=micro.importance_weights, num_items_in_batch=num_items, options=options.loss,
         epsilon_low=batch.epsilon_low[index].to(device, torch.float32),
-        epsilon_high=batch.epsilon_high[index].to(device, torch.float32),
-        delta=options.delta, beta=options.beta, kl_type=options.kl_type, entropy_coef=options.entropy_coef,
-        loss_type=loss_type, importance_sampling_level=options.importance_sampling_level,
-        max_completion_length=options.max_completion_length, num_items_in_batch=num_items)
+        epsilon_high=batch.epsilon_high[index].to(device, torch.float32), loss_type=loss_type)
 
 
 def _clip_gradients(model, max_norm: float) -> float:

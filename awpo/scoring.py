@@ -2,8 +2,8 @@
 reasoning score from a judge (NaN = no score)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .rewards import outcome_reward
 from .rewards.reasoning import JudgeRequest, judge_many

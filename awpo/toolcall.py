@@ -1,6 +1,6 @@
 """Tool-call format: render tool schemas into a prompt, parse the calls out of a completion.
 
-The format is the Hermes / Qwen one that BFCL's ``-FC`` handlers parse (SPEC.md section 4)::
+The format is the Hermes / Qwen one that BFCL's ``-FC`` handlers parse (docs/SPEC.md section 4)::
 
     <think>optional reasoning</think>
     <tool_call>

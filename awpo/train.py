@@ -62,7 +62,8 @@ def summary_lines(result) -> list[str]:
                      f"{_percent(scores['accuracy'])}")
         for category, value in scores["by_category"].items():
             lines.append(f"  {category:<18} {_percent(value):>7}")
-        lines.append(f"  partial credit     {_percent(scores['graded']):>7}   (graded outcome: names, parameters, values)")
+        lines.append(f"  partial credit     {_percent(scores['graded']):>7}   "
+                     "(graded outcome: names, parameters, values)")
         lines.append(f"  well-formed output {_percent(scores['format_ok']):>7}")
     if result.bfcl_comparison:
         lines.append(f"BFCL (official checker), before (A) and after (B): {result.bfcl_comparison}")
@@ -70,7 +71,8 @@ def summary_lines(result) -> list[str]:
     if result.final_model is None:  # eval_only
         lines.append(f"Result: {Path(result.output_dir) / 'result.json'}")
         return lines
-    lines.append(f"Metrics: {Path(result.output_dir) / 'metrics.jsonl'}" + (f", plot: {result.plot}" if result.plot else ""))
+    lines.append(f"Metrics: {Path(result.output_dir) / 'metrics.jsonl'}"
+                 + (f", plot: {result.plot}" if result.plot else ""))
     lines.append(f"Final model: {result.final_model}   (last checkpoint: {result.last_checkpoint})")
     return lines
 

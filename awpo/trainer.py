@@ -1,4 +1,4 @@
-"""The AWPO training loop. One step reads as the data flow of ARCHITECTURE.md:
+"""The AWPO training loop. One step reads as the data flow of docs/ARCHITECTURE.md:
 
     prompts -> rollout engine (G episodes each, with the sampling log-probs; multi-turn tasks run
     their tools) -> rewards (outcome, reasoning) -> group advantages -> policy update (last hidden
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .advantages import AdvantageOptions, compute_advantages
+from .batch_advantages import AdvantageOptions, compute_advantages
 from .bfcl.during_training import bfcl_summary, write_comparison
 from .config import Config
 from .cpu import default_cpu_threads, set_cpu_threads
@@ -53,20 +53,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def advantage_options(config: Config) -> AdvantageOptions:
-    return AdvantageOptions(
-        estimator=config.estimator, scale=config.scale_rewards, gate=config.gate,
-        gate_threshold=config.gate_threshold, weight=config.weight, reasoning_coef=config.reasoning_coef,
-        clip=config.clip, clip_ratio=config.clip_ratio, clip_max=config.clip_max, clip_shrink=config.clip_shrink,
-        epsilon_low=config.epsilon, epsilon_high=config.effective_epsilon_high,
-        graded_outcome=config.graded_outcome)
+    """`config.advantage_options()` (kept as a function for callers of the trainer module)."""
+    return config.advantage_options()
 
 
 def update_options(config: Config) -> UpdateOptions:
+    """The policy update's options: the loss options from the config, plus batching and IS correction."""
     return UpdateOptions(
-        temperature=config.temperature, beta=config.beta, kl_type=config.kl_type,
-        entropy_coef=config.entropy_coef, delta=config.delta, loss_type=config.loss_type,
-        importance_sampling_level=config.importance_sampling_level,
-        max_completion_length=config.max_completion_length,
+        loss=config.loss_options(),
         per_device_train_batch_size=config.per_device_train_batch_size,
         optimizer_steps_per_iteration=config.optimizer_steps_per_iteration,
         num_iterations=config.num_iterations, max_grad_norm=config.max_grad_norm,

@@ -1,4 +1,4 @@
-"""Triton kernel for `group_advantages` (SPEC.md section 2): one program per group.
+"""Triton kernel for `group_advantages` (docs/SPEC.md section 2): one program per group.
 
 Each program loads its group's G outcome and reasoning rewards into one masked block
 (`BLOCK_G` = next power of two >= G), computes the group statistics, gate, difficulty weight,
@@ -6,7 +6,7 @@ tailored clip and the dynamic PPO clip bounds in registers, and writes the per-s
 and the per-group diagnostics. Nothing leaves the device: the clipped fraction is reduced from
 the per-group counts in torch. The "gdpo" estimator is the one that looks across groups: the kernel
 writes each completion's z = A^o + reasoning_coef * A^s and the launcher whitens z over the whole
-batch with a few torch reductions on the device (`advantages._whiten_batch`; no host sync).
+batch with a few torch reductions on the device (`reference._whiten_batch`; no host sync).
 
 The option choices (estimator, gate, ...) are constexprs because they change the code path; every
 numeric hyper-parameter is a runtime argument, so changing it never recompiles. Compiled Triton passes
@@ -20,11 +20,14 @@ import torch
 import triton
 import triton.language as tl
 
+from .options import AdvantageOptions
 from .outputs import GroupAdvantages
+from .reference import _whiten_batch
 
-ESTIMATOR_CODES = {"grpo": 0, "awpo": 1, "awpo_mixed": 2, "reward_sum": 3, "gdpo": 4}
-GATE_CODES = {"soft": 0, "hard": 1, "ratio": 2, "none": 3}
-WEIGHT_CODES = {"linear": 0, "bernoulli": 1, "none": 2}
+# The kernel's constexpr codes: each choice's position in AdvantageOptions' tuple of allowed values.
+ESTIMATOR_CODES = {name: code for code, name in enumerate(AdvantageOptions.ESTIMATORS)}
+GATE_CODES = {name: code for code, name in enumerate(AdvantageOptions.GATES)}
+WEIGHT_CODES = {name: code for code, name in enumerate(AdvantageOptions.WEIGHTS)}
 
 
 @triton.jit
@@ -155,12 +158,11 @@ def _group_advantages_kernel(
     tl.store(clipped_ptr + group, clipped_count)
 
 
-def group_advantages_triton(
-    outcome, reasoning, *, group_size, estimator, scale, unbiased, eps, outcome_range, gate, gate_threshold,
-    weight, reasoning_coef, clip, clip_ratio, clip_max, clip_shrink, epsilon_low, epsilon_high, dtype,
-) -> GroupAdvantages:
+def group_advantages_triton(outcome: torch.Tensor, reasoning: torch.Tensor | None, *, group_size: int,
+                            options: AdvantageOptions, dtype: torch.dtype) -> GroupAdvantages:
     """Launch one program per group. Inputs are validated by the caller; `dtype` is the output dtype.
     For "gdpo" the kernel writes z per completion and the batch whitening follows here, on the device."""
+    opt = options
     outcome = outcome.contiguous()
     num_seqs = outcome.shape[0]
     num_groups = num_seqs // group_size
@@ -175,22 +177,22 @@ def group_advantages_triton(
     adv, eps_low, eps_high = per_seq(), per_seq(), per_seq()
     gate_out, weight_out, outcome_std, reasoning_std = per_group(), per_group(), per_group(), per_group()
     clipped = torch.empty(num_groups, dtype=torch.int32, device=device)
-    o_min, o_max = float(outcome_range[0]), float(outcome_range[1])
+    o_min, o_max = opt.outcome_range
     block = triton.next_power_of_2(group_size)
     _group_advantages_kernel[(num_groups,)](
         outcome, outcome if reasoning is None else reasoning.contiguous(),
         adv, eps_low, eps_high, gate_out, weight_out, outcome_std, reasoning_std, clipped,
         # Every number is a Python float: an int argument equal to 1 would be specialised (recompile).
-        group_size, 1 if unbiased else 0, float(eps), o_min, o_max - o_min, float(gate_threshold),
-        float(reasoning_coef), float(clip_ratio), float(clip_max), float(clip_shrink),
-        float(epsilon_low), float(epsilon_high),
-        HAS_REASONING=reasoning is not None, ESTIMATOR=ESTIMATOR_CODES[estimator], SCALE_BY_STD=scale == "group",
-        GATE=GATE_CODES[gate], WEIGHT=WEIGHT_CODES[weight], CLIP_SIGN=clip == "sign", BLOCK_G=block,
+        group_size, 1 if opt.unbiased else 0, float(opt.eps), o_min, o_max - o_min, float(opt.gate_threshold),
+        float(opt.reasoning_coef), float(opt.clip_ratio), float(opt.clip_max), float(opt.clip_shrink),
+        float(opt.epsilon_low), float(opt.epsilon_high),
+        HAS_REASONING=reasoning is not None, ESTIMATOR=ESTIMATOR_CODES[opt.estimator],
+        SCALE_BY_STD=opt.scale == "group", GATE=GATE_CODES[opt.gate], WEIGHT=WEIGHT_CODES[opt.weight],
+        CLIP_SIGN=opt.clip == "sign", BLOCK_G=block,
         num_warps=1 if block <= 256 else 4,
     )
-    if estimator == "gdpo":
-        from .advantages import _whiten_batch  # torch reductions on the device: no host sync
-        adv = _whiten_batch(adv, 1 if unbiased else 0, float(eps))
+    if opt.estimator == "gdpo":  # torch reductions on the device: no host sync
+        adv = _whiten_batch(adv, opt.unbiased, float(opt.eps))
     return GroupAdvantages(
         advantages=adv, epsilon_low=eps_low, epsilon_high=eps_high, gate=gate_out, weight=weight_out,
         outcome_std=outcome_std, reasoning_std=reasoning_std,

@@ -14,7 +14,8 @@ Chunks are balanced (`_runtime.chunk_bounds`: multiples of 128 rows on CUDA, no 
 logits and epilogue run (two workspaces).
 
 The full [N, V] logits never exist: the workspace is one chunk. The epilogue is the backend's
-(`_torch_epilogue.TorchEpilogue` or `triton_kernels.TritonEpilogue`); what it computes is described
+(`_epilogue_torch.TorchEpilogue` or `_epilogue_triton.TritonEpilogue`, both `Epilogue`s, the contract
+below); what it computes is described
 by a `ChunkPlan`: either the policy loss's own coefficients (one pass, 6NHV FLOPs, the gradient is
 ready when the forward ends), or coefficients given from outside (the backward of `linear_logprobs`,
 which recomputes the logits: 8NHV), or none (forward only, 2NHV).
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -61,11 +63,29 @@ class ChunkResults:
     grad_weight: torch.Tensor | None = None      # [V, H], weight's dtype
 
 
-def _make_epilogue(backend: str, plan: ChunkPlan, gemms: LmHeadGemms, results: ChunkResults, write_grad: bool):
+class Epilogue(Protocol):
+    """The contract of a chunk epilogue, shared by `_epilogue_torch.TorchEpilogue` and
+    `_epilogue_triton.TritonEpilogue`.
+
+    Built once per `run_chunks` call from the `ChunkPlan` (what to compute) and the `ChunkResults`
+    (where the per-token outputs go: `logprobs`, and `entropy` / `lse` when the plan asks for them).
+    Called once per chunk with `buffers` [buffers, rows, V] (buffer 0 holds the chunk's raw fp32 logits
+    z = hidden @ W^T, untempered) and `rows`, the chunk's slice of the N tokens. It writes the chunk's
+    rows of the results and, when `write_grad`, returns d(loss)/d(z) [rows, V] written over buffer 0
+    in place (possibly viewed in a narrower dtype); else None.
+    """
+
+    buffers: int  # [rows, V] workspaces it needs per chunk (the loop allocates them)
+
+    def __call__(self, buffers: torch.Tensor, rows: slice) -> torch.Tensor | None: ...
+
+
+def _make_epilogue(backend: str, plan: ChunkPlan, gemms: LmHeadGemms, results: ChunkResults,
+                   write_grad: bool) -> Epilogue:
     if backend == "triton":
-        from .triton_kernels import TritonEpilogue  # imported lazily: triton is not needed on the torch path
+        from ._epilogue_triton import TritonEpilogue  # imported lazily: triton is not needed on the torch path
         return TritonEpilogue(plan, results, write_grad=write_grad, dz_dtype=gemms.dz_dtype)
-    from ._torch_epilogue import TorchEpilogue
+    from ._epilogue_torch import TorchEpilogue
     return TorchEpilogue(plan, results, write_grad=write_grad)
 
 

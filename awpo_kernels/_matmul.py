@@ -72,7 +72,7 @@ def _probe_operands(device: str, dtype: torch.dtype):
     return a.to(dtype), b.to(dtype), (a.float() @ b.float())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mixed_gemms_available(device: str, dtype: torch.dtype, verify_values: bool) -> tuple[bool, bool]:
     """(mm with fp32 output, addmm accumulating into an fp32 tensor) for `dtype` operands on `device`.
 
@@ -106,7 +106,7 @@ def mixed_gemms_available(device, dtype: torch.dtype, verify_values: bool | None
     return _mixed_gemms_available(str(torch.device(device)), dtype, verify)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_fp32_gemms_once() -> None:
     logger.warning("awpo_kernels: the LM-head GEMMs run in float32 on CUDA (float32 inputs outside autocast), "
                    "about 10x slower than bf16; pass bf16 tensors or call under "

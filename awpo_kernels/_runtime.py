@@ -13,15 +13,14 @@ Tuning switches for a GPU sweep, read at every call (no effect on the numbers):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-IGNORE_INDEX = -100
+from .options import LossOptions, check_choice
+from .reference import IGNORE_INDEX
+
 BACKENDS = ("auto", "torch", "triton", "reference")
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
-KL_TYPES = ("k1", "k2", "k3")
-IS_LEVELS = ("token", "sequence")
 
 
 # ----------------------------------------------------------------------------- backend choice
@@ -65,11 +64,6 @@ def check_device(name: str, tensor: torch.Tensor | None, device: torch.device) -
     raise ValueError(f"{name} must be on the inputs' device ({device}); got {tensor.device}")
 
 
-def check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-
-
 def check_positive(name: str, value) -> None:
     if not (isinstance(value, (int, float)) and value > 0 and value == value and value != float("inf")):
         raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
@@ -107,12 +101,11 @@ def check_finite(name: str, tensor: torch.Tensor | None, allow_nan: bool = False
 
 
 def check_epsilon(name: str, value, num_seqs: int) -> None:
+    """A tensor epsilon is 0-dim or one per sequence, and finite (floats were checked by LossOptions)."""
     if isinstance(value, torch.Tensor):
         if value.dim() != 0:
             check_shape(name, value, (num_seqs,), "one value per sequence")
         check_finite(name, value)
-    elif not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"{name} must be a float >= 0 or a per-sequence tensor; got {value!r}")
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -165,43 +158,33 @@ def flat_layout(targets: torch.Tensor, advantages: torch.Tensor, seq_ids: torch.
     return FlatLayout(flat_hidden, targets.reshape(-1), ids, num_seqs, tuple(targets.shape), padded_length)
 
 
-def check_loss_options(layout: FlatLayout, *, old_logprobs, ref_logprobs, importance_weights, temperature,
-                       epsilon_low, epsilon_high, delta, beta, kl_type, entropy_coef, loss_type,
-                       importance_sampling_level, max_completion_length, num_items_in_batch):
-    """Validate the policy-loss options; returns the resolved max_completion_length."""
+def check_loss_inputs(layout: FlatLayout, options: LossOptions, *, old_logprobs: torch.Tensor | None,
+                      ref_logprobs: torch.Tensor | None, importance_weights: torch.Tensor | None,
+                      num_items_in_batch) -> LossOptions:
+    """The per-call checks of the policy loss (the options validated themselves when built): devices and
+    shapes of the tensors, ref_logprobs when beta > 0, dr_grpo's length. Returns the options with
+    max_completion_length resolved (dr_grpo in the padded layout defaults to T)."""
     device = layout.seq_ids.device
     for name, t in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs),
-                    ("importance_weights", importance_weights), ("epsilon_low", epsilon_low),
-                    ("epsilon_high", epsilon_high), ("num_items_in_batch", num_items_in_batch)):
+                    ("importance_weights", importance_weights), ("epsilon_low", options.epsilon_low),
+                    ("epsilon_high", options.epsilon_high), ("num_items_in_batch", num_items_in_batch)):
         if isinstance(t, torch.Tensor):
             check_device(name, t, device)
-    check_choice("loss_type", loss_type, LOSS_TYPES)
-    check_choice("kl_type", kl_type, KL_TYPES)
-    check_choice("importance_sampling_level", importance_sampling_level, IS_LEVELS)
-    check_positive("temperature", temperature)
-    check_epsilon("epsilon_low", epsilon_low, layout.num_seqs)
-    check_epsilon("epsilon_high", epsilon_high, layout.num_seqs)
-    if delta is not None:
-        check_positive("delta", delta)
-    if not isinstance(beta, (int, float)) or beta < 0:
-        raise ValueError(f"beta must be a float >= 0; got {beta!r}")
-    if not isinstance(entropy_coef, (int, float)):
-        raise ValueError(f"entropy_coef must be a float; got {entropy_coef!r}")
+    check_epsilon("epsilon_low", options.epsilon_low, layout.num_seqs)
+    check_epsilon("epsilon_high", options.epsilon_high, layout.num_seqs)
     for name, t in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs),
                     ("importance_weights", importance_weights)):
         check_shape(name, t, layout.shape, "the shape of the targets")
         check_floating(name, t)
-    if beta > 0 and ref_logprobs is None:
+    if options.beta > 0 and ref_logprobs is None:
         raise ValueError("ref_logprobs is required when beta > 0")
-    if loss_type == "dr_grpo":
-        max_completion_length = max_completion_length or layout.padded_length
-        if max_completion_length is None:
+    if options.loss_type == "dr_grpo" and not options.max_completion_length:
+        if layout.padded_length is None:
             raise ValueError("max_completion_length is required for loss_type='dr_grpo' in the packed layout")
-    if max_completion_length is not None:
-        check_positive("max_completion_length", max_completion_length)
+        options = replace(options, max_completion_length=layout.padded_length)
     if num_items_in_batch is not None and not isinstance(num_items_in_batch, torch.Tensor):
         check_positive("num_items_in_batch", num_items_in_batch)
-    return max_completion_length
+    return options
 
 
 # ----------------------------------------------------------------------------- chunk sizing

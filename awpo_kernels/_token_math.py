@@ -9,7 +9,7 @@ This file computes them in closed form, matching torch autograd of `reference.po
 exactly, including its two non-smooth rules: `torch.clamp` passes the gradient at its bounds
 (inclusive), and `torch.minimum` splits it half/half between equal arguments. Every torch path uses
 it (the chunked LM-head loop, `policy_loss`, the sequence-level pre-pass of the Triton path); the
-Triton kernels carry the same formulas in `triton_kernels._loss_coefficients`.
+Triton kernels carry the same formulas in `_epilogue_triton._loss_coefficients`.
 
 Loss *values* and metrics are not recomputed here: the public ops take them from
 `reference.policy_loss_flat` on the detached per-token log-probs (O(tokens), no logits).
@@ -20,7 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-KL_CODES = {"k1": 1, "k2": 2, "k3": 3}
+from .options import LossOptions
+from .reference import per_sequence_sum as _per_sequence_sum
+
+KL_CODES = {name: code for code, name in enumerate(LossOptions.KL_TYPES, start=1)}  # 0: no KL term
 
 
 @dataclass
@@ -58,10 +61,6 @@ def _per_sequence(value, num_seqs: int, dtype, device) -> torch.Tensor:
     return torch.full((num_seqs,), float(value), dtype=dtype, device=device)
 
 
-def _per_sequence_sum(x: torch.Tensor, seq_ids: torch.Tensor, num_seqs: int) -> torch.Tensor:
-    return torch.zeros(num_seqs, dtype=x.dtype, device=x.device).index_add(0, seq_ids, x)
-
-
 def aggregation_weights(mask, seq_ids, num_seqs, loss_type, max_completion_length, num_items_in_batch, dtype):
     """d loss / d per_token_t for each aggregation of SPEC section 3 (0 on masked tokens)."""
     maskf = mask.to(dtype)
@@ -79,11 +78,13 @@ def aggregation_weights(mask, seq_ids, num_seqs, loss_type, max_completion_lengt
     return maskf / float(num_items_in_batch)
 
 
-def build_loss_spec(seq_ids, mask, num_seqs, advantages, *, dtype, old_logprobs=None, ref_logprobs=None,
-                    importance_weights=None, epsilon_low=0.2, epsilon_high=0.2, delta=None, beta=0.0,
-                    kl_type="k3", entropy_coef=0.0, loss_type="dapo", importance_sampling_level="token",
-                    max_completion_length=None, num_items_in_batch=None) -> LossSpec:
-    """Flat inputs (as the reference takes them) -> LossSpec; per-sequence epsilons become [S] tensors."""
+def build_loss_spec(seq_ids: torch.Tensor, mask: torch.Tensor, num_seqs: int, advantages: torch.Tensor, *,
+                    dtype: torch.dtype, options: LossOptions | None = None, old_logprobs: torch.Tensor | None = None,
+                    ref_logprobs: torch.Tensor | None = None, importance_weights: torch.Tensor | None = None,
+                    num_items_in_batch=None) -> LossSpec:
+    """Flat inputs (as the reference takes them) -> LossSpec; per-sequence epsilons become [S] tensors.
+    `options.max_completion_length` must be resolved already (`_runtime.check_loss_inputs`)."""
+    options = options or LossOptions()
     device = seq_ids.device
     seq_ids = seq_ids.contiguous()  # the Triton kernels index these flat
 
@@ -92,14 +93,15 @@ def build_loss_spec(seq_ids, mask, num_seqs, advantages, *, dtype, old_logprobs=
 
     spec = LossSpec(
         seq_ids=seq_ids, mask=mask, num_seqs=num_seqs,
-        agg_weight=aggregation_weights(mask, seq_ids, num_seqs, loss_type, max_completion_length,
+        agg_weight=aggregation_weights(mask, seq_ids, num_seqs, options.loss_type, options.max_completion_length,
                                        num_items_in_batch, dtype).contiguous(),
         advantages=advantages.detach().to(dtype=dtype).contiguous(),
-        epsilon_low=_per_sequence(epsilon_low, num_seqs, dtype, device),
-        epsilon_high=_per_sequence(epsilon_high, num_seqs, dtype, device),
-        old_logprobs=cast(old_logprobs), ref_logprobs=cast(ref_logprobs) if beta != 0.0 else None,
-        importance_weights=cast(importance_weights), delta=delta, beta=float(beta), kl_type=kl_type,
-        entropy_coef=float(entropy_coef), sequence_level=importance_sampling_level == "sequence",
+        epsilon_low=_per_sequence(options.epsilon_low, num_seqs, dtype, device),
+        epsilon_high=_per_sequence(options.epsilon_high, num_seqs, dtype, device),
+        old_logprobs=cast(old_logprobs), ref_logprobs=cast(ref_logprobs) if options.beta != 0.0 else None,
+        importance_weights=cast(importance_weights), delta=options.delta, beta=float(options.beta),
+        kl_type=options.kl_type, entropy_coef=float(options.entropy_coef),
+        sequence_level=options.importance_sampling_level == "sequence",
     )
     if spec.sequence_level and spec.old_logprobs is None:
         # Without rollout log-probs every ratio is exactly 1: the slopes are known before any logits.
@@ -108,7 +110,8 @@ def build_loss_spec(seq_ids, mask, num_seqs, advantages, *, dtype, old_logprobs=
 
 
 def surrogate_slope(ratio, adv, eps_low, eps_high, delta):
-    """d/d ratio of  -min(ratio1 * A, ratio2 * A),  ratio1 = min(ratio, delta), ratio2 = clamp(ratio, 1-eps_lo, 1+eps_hi).
+    """d/d ratio of  -min(ratio1 * A, ratio2 * A),
+    ratio1 = min(ratio, delta), ratio2 = clamp(ratio, 1-eps_lo, 1+eps_hi).
 
     Autograd's rules, as the reference gets them: clamp's gradient is 1 on the closed interval,
     minimum gives each argument half the gradient when they are equal.

@@ -16,7 +16,7 @@ class LogprobsOutput:
 
 @dataclass
 class GroupAdvantages:
-    """Result of `group_advantages` (SPEC.md section 2).
+    """Result of `group_advantages` (docs/SPEC.md section 2).
 
     Per sequence `[B]`: `advantages`, `epsilon_low`, `epsilon_high` (the dynamic PPO clip bounds).
     Per group `[P]`: `gate`, `weight`, `outcome_std`, `reasoning_std`. `clipped_fraction` is a 0-dim
@@ -35,7 +35,7 @@ class GroupAdvantages:
 
 @dataclass
 class PolicyLossOutput:
-    """Result of `policy_loss` / `fused_linear_policy_loss` (SPEC.md section 3).
+    """Result of `policy_loss` / `fused_linear_policy_loss` (docs/SPEC.md section 3).
 
     `loss` is a differentiable scalar, `logprobs` the detached per-token log-probs (shape of the
     targets / mask, 0 where masked), `metrics` a dict of detached 0-dim tensors.

@@ -1,18 +1,22 @@
-"""The executable spec: plain PyTorch, line by line with `shared/docs/SPEC.md`.
+"""The executable spec: plain PyTorch, line by line with `docs/SPEC.md`.
 
 Every fast path (chunked torch, Triton on CUDA, Triton under `TRITON_INTERPRET=1`) is tested against
 these functions. They favour clarity over speed and memory: the full `[N, V]` logits exist here.
 They compute in float32, or in float64 when given float64 inputs (the tests' ground truth).
 They do not validate their inputs; the public ops do that before dispatching (see `_runtime.py`).
-Where SPEC.md is silent they follow TRL's `GRPOTrainer`, as the comments say.
+Where docs/SPEC.md is silent they follow TRL's `GRPOTrainer`, as the comments say.
+They take the options as plain keywords; the defaults and the allowed values are those of
+`options.LossOptions` / `options.AdvantageOptions` (read from there, not repeated).
 """
 from __future__ import annotations
 
 import torch
 
+from .options import AdvantageOptions, LossOptions, check_choice
 from .outputs import GroupAdvantages, LogprobsOutput, PolicyLossOutput
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the target id of positions outside the loss (the one definition; _runtime re-exports it)
+_A, _L = AdvantageOptions, LossOptions  # their class attributes are the defaults
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -106,7 +110,7 @@ def _gate(kind, o, sd_o, sd_s, half_range, gate_threshold, eps):
         return sd_s / (sd_o + sd_s + eps)
     if kind == "none":  # ablation of the gate: the reasoning term always passes
         return torch.ones_like(sd_o)
-    raise ValueError(f"gate must be 'soft', 'hard', 'ratio' or 'none', got {kind!r}")
+    check_choice("gate", kind, AdvantageOptions.GATES)
 
 
 def _difficulty_weight(kind, pass_rate):
@@ -116,14 +120,18 @@ def _difficulty_weight(kind, pass_rate):
         return 4.0 * pass_rate * (1.0 - pass_rate)
     if kind == "none":
         return torch.ones_like(pass_rate)
-    raise ValueError(f"weight must be 'linear', 'bernoulli' or 'none', got {kind!r}")
+    check_choice("weight", kind, AdvantageOptions.WEIGHTS)
 
 
 def group_advantages(
-    outcome, reasoning=None, *, group_size, estimator="awpo", scale="group", unbiased=True, eps=1e-6,
-    outcome_range=(0.0, 1.0), gate="soft", gate_threshold=0.0, weight="linear", reasoning_coef=1.0,
-    clip="sign", clip_ratio=0.5, clip_max=1.0, clip_shrink=0.0, epsilon_low=0.2, epsilon_high=0.2,
+    outcome: torch.Tensor, reasoning: torch.Tensor | None = None, *, group_size: int, estimator: str = _A.estimator,
+    scale: str = _A.scale, unbiased: bool = _A.unbiased, eps: float = _A.eps, outcome_range=_A.outcome_range,
+    gate: str = _A.gate, gate_threshold: float = _A.gate_threshold, weight: str = _A.weight,
+    reasoning_coef: float = _A.reasoning_coef, clip: str = _A.clip, clip_ratio: float = _A.clip_ratio,
+    clip_max: float = _A.clip_max, clip_shrink: float = _A.clip_shrink, epsilon_low: float = _A.epsilon_low,
+    epsilon_high: float = _A.epsilon_high,
 ) -> GroupAdvantages:
+    """SPEC section 2 on B = P * group_size completions (group-contiguous); see `AdvantageOptions`."""
     dtype = compute_dtype(outcome, reasoning)
     o = outcome.to(dtype).reshape(-1, group_size)
     if reasoning is None:
@@ -151,8 +159,8 @@ def group_advantages(
             r_clipped = torch.maximum(torch.minimum(r, bound), -bound)
             clipped = r_clipped != r
             r = r_clipped
-        elif clip != "none":
-            raise ValueError(f"clip must be 'sign' or 'none', got {clip!r}")
+        else:
+            check_choice("clip", clip, AdvantageOptions.CLIPS)
         adv = adv_o + r
     elif estimator == "awpo_mixed":
         # Mixing at the reward level (ablation). A missing reasoning score falls back to the outcome.
@@ -174,7 +182,7 @@ def group_advantages(
         # Without reasoning this is GRPO whitened over the batch. Gate/weight: diagnostics and shrink only.
         adv = _whiten_batch(adv_o + reasoning_coef * adv_s, unbiased, eps)
     else:
-        raise ValueError(f"estimator must be 'grpo', 'awpo', 'awpo_mixed', 'reward_sum' or 'gdpo', got {estimator!r}")
+        check_choice("estimator", estimator, AdvantageOptions.ESTIMATORS)
 
     # The dynamic clip (SPEC "clip_shrink") applies to every estimator but GRPO, the baselines included,
     # with the gate and weight computed as for AWPO.
@@ -208,7 +216,8 @@ def _per_token(value, seq_ids):
     return value
 
 
-def _per_sequence_sum(x, seq_ids, num_seqs):
+def per_sequence_sum(x: torch.Tensor, seq_ids: torch.Tensor, num_seqs: int) -> torch.Tensor:
+    """sum_t x_t per sequence: [N] -> [S] (also the fast paths' helper)."""
     return torch.zeros(num_seqs, dtype=x.dtype, device=x.device).index_add(0, seq_ids, x)
 
 
@@ -227,14 +236,17 @@ def _kl(kind, logp, ref_logp):
         return 0.5 * (logp - ref_logp) ** 2
     if kind == "k3":
         return torch.exp(ref_logp - logp) - (ref_logp - logp) - 1.0
-    raise ValueError(f"kl_type must be 'k1', 'k2' or 'k3', got {kind!r}")
+    check_choice("kl_type", kind, LossOptions.KL_TYPES)
 
 
 def policy_loss_flat(
-    logp, seq_ids, mask, advantages, *, num_seqs, entropy=None, old_logprobs=None, ref_logprobs=None,
-    importance_weights=None, epsilon_low=0.2, epsilon_high=0.2, delta=None, beta=0.0, kl_type="k3",
-    entropy_coef=0.0, loss_type="dapo", importance_sampling_level="token", max_completion_length=None,
-    num_items_in_batch=None,
+    logp: torch.Tensor, seq_ids: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, *, num_seqs: int,
+    entropy: torch.Tensor | None = None, old_logprobs: torch.Tensor | None = None,
+    ref_logprobs: torch.Tensor | None = None, importance_weights: torch.Tensor | None = None,
+    num_items_in_batch=None, epsilon_low=_L.epsilon_low, epsilon_high=_L.epsilon_high, delta: float | None = _L.delta,
+    beta: float = _L.beta, kl_type: str = _L.kl_type, entropy_coef: float = _L.entropy_coef,
+    loss_type: str = _L.loss_type, importance_sampling_level: str = _L.importance_sampling_level,
+    max_completion_length: int | None = _L.max_completion_length,
 ) -> PolicyLossOutput:
     """The clipped surrogate loss of SPEC section 3 on tokens `logp [N]` of `num_seqs` sequences."""
     dtype = logp.dtype
@@ -243,15 +255,15 @@ def policy_loss_flat(
     adv = advantages.to(dtype)[seq_ids]
     old = logp.detach() if old_logprobs is None else old_logprobs.to(dtype)
     log_ratio = torch.where(mask, logp - old, zero)
-    lengths = _per_sequence_sum(maskf, seq_ids, num_seqs).clamp(min=1.0)
+    lengths = per_sequence_sum(maskf, seq_ids, num_seqs).clamp(min=1.0)
 
     if importance_sampling_level == "token":
         ratio = torch.exp(log_ratio)
     elif importance_sampling_level == "sequence":  # GSPO: one ratio per sequence
-        seq_log_ratio = _per_sequence_sum(log_ratio, seq_ids, num_seqs) / lengths
+        seq_log_ratio = per_sequence_sum(log_ratio, seq_ids, num_seqs) / lengths
         ratio = torch.exp(seq_log_ratio)[seq_ids]
     else:
-        raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {importance_sampling_level!r}")
+        check_choice("importance_sampling_level", importance_sampling_level, LossOptions.IMPORTANCE_SAMPLING_LEVELS)
 
     eps_lo = _per_token(epsilon_low, seq_ids)
     eps_hi = _per_token(epsilon_high, seq_ids)
@@ -278,7 +290,7 @@ def policy_loss_flat(
     per_token = torch.where(mask, per_token, zero)
 
     if loss_type == "grpo":
-        loss = (_per_sequence_sum(per_token, seq_ids, num_seqs) / lengths).sum() / num_seqs
+        loss = (per_sequence_sum(per_token, seq_ids, num_seqs) / lengths).sum() / num_seqs
     elif loss_type == "bnpo":
         loss = per_token.sum() / num_tokens
     elif loss_type == "dr_grpo":
@@ -287,7 +299,7 @@ def policy_loss_flat(
         denominator = num_tokens if num_items_in_batch is None else num_items_in_batch
         loss = per_token.sum() / denominator
     else:
-        raise ValueError(f"loss_type must be 'grpo', 'bnpo', 'dr_grpo' or 'dapo', got {loss_type!r}")
+        check_choice("loss_type", loss_type, LossOptions.LOSS_TYPES)
 
     r = ratio.detach()
     metrics["clip_ratio/low_mean"] = masked_mean(((r < 1.0 - eps_lo) & (adv < 0)).to(dtype))
@@ -295,8 +307,10 @@ def policy_loss_flat(
     return PolicyLossOutput(loss=loss, logprobs=torch.where(mask, logp, zero).detach(), metrics=metrics)
 
 
-def fused_linear_policy_loss_flat(hidden, weight, targets, seq_ids, advantages, *, num_seqs, temperature=1.0,
-                                  entropy_coef=0.0, return_entropy=False, **loss_options) -> PolicyLossOutput:
+def fused_linear_policy_loss_flat(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                                  seq_ids: torch.Tensor, advantages: torch.Tensor, *, num_seqs: int,
+                                  temperature: float = _L.temperature, entropy_coef: float = _L.entropy_coef,
+                                  return_entropy: bool = False, **loss_options) -> PolicyLossOutput:
     """LM head -> log-probs -> policy loss, on flat tokens: hidden [N, H], targets [N], seq_ids [N]."""
     want_entropy = return_entropy or entropy_coef != 0.0
     out = linear_logprobs(hidden, weight, targets, temperature=temperature, return_entropy=want_entropy)

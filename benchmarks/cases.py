@@ -11,12 +11,13 @@ import contextlib
 import functools
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 import awpo_kernels
+
 from . import baselines, trl_baselines
 from .shapes import GroupShape, LMHeadShape, shape_by_name
 

@@ -3,7 +3,7 @@
 One table per op and shape: the median time, the peak extra memory, both as ratios to the op's
 baseline (the materialised-logits PyTorch version) and the time as a ratio to the bare LM-head
 GEMMs; on CUDA also TFLOP/s counted as 6NHV (2NHV forward only) and as a fraction of a bf16 matmul
-measured in the same run. Then the targets of KERNEL_TARGETS.md, met or missed and by how much.
+measured in the same run. Then the targets of docs/TARGETS.md, met or missed and by how much.
 
 The tables go to stdout and into a section of `benchmarks/RESULTS.md` (or `--output FILE`) between
 markers named after the device, so a CPU run and a GPU run each replace only their own section.
@@ -156,7 +156,7 @@ def render_table(result: ShapeResult, device, matmul_tflops) -> list[str]:
         header.append("time / LM-head GEMMs")
     header += ["peak extra MiB", f"memory / {baseline}", "max rel. diff"]
     if on_cuda and lm_head:
-        header += ["TFLOP/s (%dNHV)" % (6 if op == "fused_linear_policy_loss" else 2), "of bf16 matmul"]
+        header += [f"TFLOP/s ({6 if op == 'fused_linear_policy_loss' else 2}NHV)", "of bf16 matmul"]
     lines = [f"#### {TITLES[op]}: `{shape.name}`", "", shape.describe(), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for impl, timing in result.timings.items():
@@ -180,7 +180,7 @@ def render_table(result: ShapeResult, device, matmul_tflops) -> list[str]:
 
 
 def _target_checks(result, device) -> list:
-    """(label, value, reference, sense, target) of KERNEL_TARGETS.md for one fused-loss table."""
+    """(label, value, reference, sense, target) of docs/TARGETS.md for one fused-loss table."""
     def time_of(impl):
         return _seconds(result.timings.get(impl))
 
@@ -253,7 +253,7 @@ def render(results, device, matmul_tflops, args) -> str:
         lines += render_table(result, device, matmul_tflops)
     targets = render_targets(results, device)
     if targets:
-        lines += ["Targets (KERNEL_TARGETS.md), fused_linear_policy_loss:", "", *targets, ""]
+        lines += ["Targets (docs/TARGETS.md), fused_linear_policy_loss:", "", *targets, ""]
     return "\n".join(lines)
 
 
@@ -321,7 +321,8 @@ def main(argv=None) -> str:
     if unknown:
         raise SystemExit(f"--impls: {', '.join(unknown)} not available here; known: {', '.join(sorted(known))}")
     planned = [(op, shape) for op in ops
-               for shape in select_shapes("groups" if op == "group_advantages" else "lm_head", args.device, args.shapes)]
+               for shape in select_shapes("groups" if op == "group_advantages" else "lm_head",
+                                          args.device, args.shapes)]
     if not planned:
         raise SystemExit(f"--shapes {args.shapes!r} selects no shape for --ops {args.ops!r}")
     matmul = baselines.matmul_tflops(device) if device.type == "cuda" else None

@@ -53,12 +53,12 @@ class GroupShape:
         return f"P={self.prompts} prompts x G={self.group_size} completions (B={self.completions})"
 
 
-# Main CPU target of KERNEL_TARGETS.md: V=151936, N=2048, H=256, fp32 (1.2 GB of fp32 logits).
+# Main CPU target of docs/TARGETS.md: V=151936, N=2048, H=256, fp32 (1.2 GB of fp32 logits).
 CPU_LM_HEAD = [
     LMHeadShape("qwen3-4b-vocab-cpu", QWEN3_4B["model"], 8, 256, 256, QWEN3_4B["vocab"], torch.float32),
     LMHeadShape("llama-3-8b-vocab-cpu", LLAMA3_8B["model"], 4, 256, 256, LLAMA3_8B["vocab"], torch.float32),
 ]
-# Real hidden and vocab, 16k response tokens, bf16 (the example of KERNEL_TARGETS.md).
+# Real hidden and vocab, 16k response tokens, bf16 (the example of docs/TARGETS.md).
 GPU_LM_HEAD = [
     LMHeadShape("qwen3-4b", QWEN3_4B["model"], 32, 512, QWEN3_4B["hidden"], QWEN3_4B["vocab"], torch.bfloat16),
     LMHeadShape("llama-3-8b", LLAMA3_8B["model"], 32, 512, LLAMA3_8B["hidden"], LLAMA3_8B["vocab"], torch.bfloat16),

@@ -65,13 +65,13 @@ class FixedAnswers:
     def __init__(self, dataset):
         import json
 
-        from awpo.rewards import reference_calls
+        from awpo.bfcl.scripted import first_acceptable_calls
         from awpo.toolcall import format_tool_calls
 
         self.answers = {}
         for row in dataset:
             truth = json.loads(row["ground_truth"])
-            calls = format_tool_calls(reference_calls(truth)) if truth else "No tool fits."
+            calls = format_tool_calls(first_acceptable_calls(truth)) if truth else "No tool fits."
             self.answers[json.dumps(row["prompt"])] = [
                 f"<think>The request names every value, so I call the tool with them.</think>\n{calls}", calls,
                 "<think>None of these tools fits, I think.</think>\nI cannot do that.",
@@ -153,8 +153,9 @@ def render(shape: str, times: dict, batch: dict, args) -> list[str]:
 
 
 def environment(args) -> list[str]:
-    import awpo_kernels
     import trl
+
+    import awpo_kernels
 
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else (
         f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")

@@ -16,7 +16,7 @@ import torch
 import awpo_kernels
 from benchmarks import baselines, memory, report
 from benchmarks.cases import OPS, CaseOptions, build_case, build_case_by_name, implementations, make_inputs
-from benchmarks.shapes import SMOKE_LM_HEAD, shape_by_name, select_shapes
+from benchmarks.shapes import SMOKE_LM_HEAD, select_shapes, shape_by_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMOKE = CaseOptions(compile_backend="eager")

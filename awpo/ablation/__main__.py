@@ -13,6 +13,7 @@ resume from their last checkpoint.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import signal
 import subprocess
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep_checkpoints", action="store_true", help="keep a finished run's checkpoints "
                         "(default: delete them once its result.json is written; final/ stays)")
     parser.add_argument("--dry_run", action="store_true", help="validate every run's options, print the commands, stop")
-    parser.add_argument("--report_only", action="store_true", help="write the report from the finished runs, start none")
+    parser.add_argument("--report_only", action="store_true",
+                        help="write the report from the finished runs, start none")
     return parser
 
 
@@ -104,7 +106,9 @@ def _yaml_value(value) -> str:
 
 def _duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def run_grid(runs: list[grid.Run], parallel: int, *, keep_checkpoints: bool = False) -> list[grid.Run]:
@@ -178,6 +182,12 @@ def run_grid(runs: list[grid.Run], parallel: int, *, keep_checkpoints: bool = Fa
     return failed
 
 
+def threads_used(runs: list[grid.Run], planned: int) -> str:
+    """The torch threads the finished runs recorded in result.json (they may predate this command)."""
+    used = {json.loads(r.result_path.read_text()).get("cpu_threads") for r in runs if r.done} - {None}
+    return ",".join(str(t) for t in sorted(used)) if used else str(planned)
+
+
 def report(settings: dict, runs: list[grid.Run], argv: list[str], threads: int) -> dict:
     import os
 
@@ -190,7 +200,8 @@ def report(settings: dict, runs: list[grid.Run], argv: list[str], threads: int) 
         raise ConfigError("no finished training run to report on yet")
     first = next(r for r in runs if r.variant != grid.BASE).config
     meta = {"title": settings["title"], "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-            "machine": machine_description(), "threads": threads, "parallel": settings["parallel"],
+            "machine": machine_description(), "threads": threads_used(runs, threads),
+            "parallel": "not recorded (--report_only)" if settings.get("report_only") else settings["parallel"],
             "load": " ".join(f"{v:.2f}" for v in os.getloadavg()),
             "command": "python -m awpo.ablation " + " ".join(shlex.quote(a) for a in argv),
             "budget": f"{first.max_steps} steps x {first.prompts_per_step} prompts x {first.num_generations} "

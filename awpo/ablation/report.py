@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import read_metrics
+from ..metrics import plot_panels, read_metrics
 from .stats import paired_bootstrap, t_interval
 
 BASELINE = "grpo"
@@ -173,7 +173,8 @@ def markdown(summary: dict, meta: dict) -> str:
                                         for c in categories) + " |",
               "|" + "|".join(["---"] * (len(categories) + 1)) + "|"]
     if base:
-        lines.append("| base model | " + " | ".join(_pct(base["by_category"].get(c, math.nan)) for c in categories) + " |")
+        lines.append("| base model | " + " | ".join(_pct(base["by_category"].get(c, math.nan)) for c in categories)
+                     + " |")
     for label, entry in summary["variants"].items():
         lines.append(f"| {label} | " + " | ".join(_pct(entry["by_category"][c]["mean"]) for c in categories) + " |")
     with_bfcl = {label: e["bfcl"] for label, e in summary["variants"].items() if "bfcl" in e}
@@ -192,7 +193,8 @@ def markdown(summary: dict, meta: dict) -> str:
     for label, entry in summary["variants"].items():
         t = entry["training"]
         lines.append(f"| {label} | {_pct(t['zero_variance_groups'])} | {_pct(t['reasoning_share'])} | "
-                     f"{_pct(t['with_reasoning'])} ({_pct(t['with_reasoning_last5'])}) | {_pct(t['reasoning_valid'])} | "
+                     f"{_pct(t['with_reasoning'])} ({_pct(t['with_reasoning_last5'])}) | "
+                     f"{_pct(t['reasoning_valid'])} | "
                      f"{t['step_s']:.1f} |")
     lines.append("")
     return "\n".join(lines)
@@ -203,20 +205,12 @@ def markdown(summary: dict, meta: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 
 def plot(runs_by_variant: dict[str, dict[int, dict]], png_path: Path, *, title: str = "") -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Training curves of every variant: the mean over seeds, with a min..max band."""
     panels = [(k, name) for k, name in CURVES
               if any(s.get(k) is not None for by_seed in runs_by_variant.values() for r in by_seed.values()
                      for s in r["steps"])]
-    if not panels:
-        return None
-    columns = 3
-    rows = math.ceil(len(panels) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.0 * rows), squeeze=False)
-    for axis, (key, name) in zip(axes.flat, panels):
+
+    def draw(axis, key: str) -> None:
         for label, by_seed in runs_by_variant.items():
             curves = {}
             for run in by_seed.values():
@@ -230,18 +224,9 @@ def plot(runs_by_variant: dict[str, dict[int, dict]], png_path: Path, *, title: 
             line, = axis.plot(xs, mean, linewidth=1.4, label=label)
             axis.fill_between(xs, [min(curves[x]) for x in xs], [max(curves[x]) for x in xs],
                               color=line.get_color(), alpha=0.15)
-        axis.set_title(name, fontsize=9)
-        axis.set_xlabel("step", fontsize=8)
-        axis.tick_params(labelsize=7)
-        axis.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7)
-    for axis in list(axes.flat)[len(panels):]:
-        axis.axis("off")
-    figure.suptitle(title or "training curves: mean over seeds, band = min..max", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(png_path, dpi=110)
-    plt.close(figure)
-    return png_path
+
+    return plot_panels(panels, draw, png_path, title=title or "training curves: mean over seeds, band = min..max",
+                       cell=(4.6, 3.0), legend=True)
 
 
 def machine_description() -> str:

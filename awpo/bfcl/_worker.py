@@ -67,14 +67,15 @@ _unique_counter = itertools.count()
 
 def _import_bfcl():
     global Language, ReturnFormat, eval_runner, multi_turn_utils, bfcl_utils, QwenFCHandler, override
-    from overrides import override  # BFCL's handlers enforce @override on subclasses
     from bfcl_eval import utils as bfcl_utils
     from bfcl_eval.constants.enums import Language, ReturnFormat
     from bfcl_eval.eval_checker import eval_runner
     from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
     from bfcl_eval.model_handler.local_inference.qwen_fc import QwenFCHandler
-    global SafeQwenFCHandler
+    from overrides import override  # BFCL's handlers enforce @override on subclasses
+    global SafeQwenFCHandler, ParentModelHandler
     SafeQwenFCHandler = _safe_handler_class()
+    ParentModelHandler = _episode_handler_class()
 
 
 def _safe_handler_class():
@@ -89,7 +90,7 @@ def _safe_handler_class():
         @override
         def decode_execute(self, result, has_tool_call_tag):
             tool_calls = self._extract_tool_calls(result)
-            if type(tool_calls) != list or any(type(item) != dict for item in tool_calls):
+            if type(tool_calls) is not list or any(type(item) is not dict for item in tool_calls):
                 raise ValueError(f"Model did not return a list of function calls: {result}")
             return [_render_call(call, self.allowed_functions) for call in tool_calls]
 
@@ -142,30 +143,39 @@ def _check_plain_value(value, where: str, depth: int) -> None:
 
 
 _METHOD_CACHE: dict = {}
+_BACKEND_CLASSES: dict = {}
 
 
 def _allowed_functions(involved_classes) -> frozenset:
     """The names BFCL's ``execute_multi_turn_func_call`` binds to an instance for these classes:
     the public methods of an instance of each class (computed the same way, cached per class)."""
-    from bfcl_eval.constants.executable_backend_config import CLASS_FILE_PATH_MAPPING
-    import importlib
-
     names = set()
     for class_name in involved_classes:
         if class_name not in _METHOD_CACHE:
-            if class_name not in CLASS_FILE_PATH_MAPPING:
-                raise ValueError(f"unknown BFCL backend class {class_name!r}")
-            backend = getattr(importlib.import_module(CLASS_FILE_PATH_MAPPING[class_name]), class_name)
             _METHOD_CACHE[class_name] = frozenset(
-                name for name, _ in inspect.getmembers(backend(), predicate=inspect.ismethod)
+                name for name, _ in inspect.getmembers(_backend_class(class_name)(), predicate=inspect.ismethod)
                 if not name.startswith("_"))
         names |= _METHOD_CACHE[class_name]
     return frozenset(names)
 
 
-def _new_handler(model_name: str = "Qwen/Qwen3-8B", **attributes):
-    handler = SafeQwenFCHandler(model_name=model_name, temperature=0.0,
-                                    registry_name=REGISTERED_MODEL, is_fc_model=True)
+def _backend_class(class_name: str) -> type:
+    """The BFCL multi-turn backend class of that name, imported once."""
+    if class_name not in _BACKEND_CLASSES:
+        import importlib
+
+        from bfcl_eval.constants.executable_backend_config import CLASS_FILE_PATH_MAPPING
+
+        if class_name not in CLASS_FILE_PATH_MAPPING:
+            raise ValueError(f"unknown BFCL backend class {class_name!r}")
+        _BACKEND_CLASSES[class_name] = getattr(importlib.import_module(CLASS_FILE_PATH_MAPPING[class_name]), class_name)
+    return _BACKEND_CLASSES[class_name]
+
+
+def _new_handler(handler_class=None, model_name: str = "Qwen/Qwen3-8B", **attributes):
+    """A handler of ``handler_class`` (default: ``SafeQwenFCHandler``) set up as BFCL builds its registered model's."""
+    handler = (handler_class or SafeQwenFCHandler)(model_name=model_name, temperature=0.0,
+                                                   registry_name=REGISTERED_MODEL, is_fc_model=True)
     for key, value in attributes.items():
         setattr(handler, key, value)
     return handler
@@ -428,16 +438,12 @@ def op_multi_turn(category: str, ids=None, limit=None, max_concurrency: int = 8,
     if not bfcl_utils.is_multi_turn(category):
         raise ValueError(f"multi_turn op needs a multi_turn_* category, got {category!r}")
     entries = _select(_entries(category, for_generation=True), ids, limit)
-    handler_class = _episode_handler_class()
     gateway = _Gateway(channel)
 
     def run_episode(entry):
         model_name = _unique_model_name()
-        handler = handler_class(model_name="Qwen/Qwen3-8B", temperature=0.0,
-                                registry_name=REGISTERED_MODEL, is_fc_model=True)
-        handler.model_name_underline_replaced = model_name
-        handler.gateway, handler.entry_id = gateway, entry["id"]
-        handler.allowed_functions = _allowed_functions(entry["involved_classes"])
+        handler = _new_handler(ParentModelHandler, model_name_underline_replaced=model_name, gateway=gateway,
+                               entry_id=entry["id"], allowed_functions=_allowed_functions(entry["involved_classes"]))
         episode = {key: value for key, value in copy.deepcopy(entry).items() if key != "ground_truth"}
         try:
             responses, _ = handler.inference(episode, include_input_log=False, exclude_state_log=True)
@@ -456,14 +462,11 @@ def op_ground_truth_calls(category: str, ids=None, limit=None) -> list[dict]:
     _check_category(category)
     if not bfcl_utils.is_multi_turn(category):
         raise ValueError(f"ground_truth_calls needs a multi_turn_* category, got {category!r}")
-    from bfcl_eval.constants.executable_backend_config import CLASS_FILE_PATH_MAPPING
-    import importlib
-
     out = []
     for entry in _select(_entries(category, for_generation=False), ids, limit):
         methods = {}
         for class_name in entry["involved_classes"]:
-            backend = getattr(importlib.import_module(CLASS_FILE_PATH_MAPPING[class_name]), class_name)
+            backend = _backend_class(class_name)
             methods.update({name: fn for name, fn in inspect.getmembers(backend, inspect.isfunction)
                             if not name.startswith("_")})
         turns = [[_parse_call_source(source, methods) for source in turn] for turn in entry["ground_truth"]]
@@ -545,6 +548,7 @@ def self_check() -> None:
     """Import everything the checkers and multi-turn backends need, and score one entry."""
     _import_bfcl()
     import importlib
+
     from bfcl_eval.constants.executable_backend_config import CLASS_FILE_PATH_MAPPING
     for class_name, module in CLASS_FILE_PATH_MAPPING.items():
         if class_name != "MemoryAPI_vector":  # needs sentence-transformers + faiss, left out on purpose

@@ -69,7 +69,7 @@ class BfclChecker:
         self._received = bytearray()
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> "BfclChecker":
+    def start(self) -> BfclChecker:
         if self._process is not None:
             return self
         python = ensure_venv(self.venv_dir)
@@ -102,7 +102,7 @@ class BfclChecker:
             shutil.rmtree(self._project_root, ignore_errors=True)
             self._project_root = None
 
-    def __enter__(self) -> "BfclChecker":
+    def __enter__(self) -> BfclChecker:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -251,8 +251,8 @@ class BfclChecker:
     def _request(self, op: str, on_generate=None, on_progress=None, timeout_s: float | None = None, **payload):
         """Send one request and serve the worker's messages until its answer. Until the worker's first
         message the wait is limited by ``max(timeout_s, STARTUP_TIMEOUT_S)`` (it may be loading BFCL's
-        data), then each wait by ``timeout_s`` (None: no limit at all); time spent in ``on_generate`` does not count. On a
-        timeout the worker is killed and ``BfclTimeoutError`` raised (``started``: whether the worker
+        data), then each wait by ``timeout_s`` (None: no limit at all); time spent in ``on_generate`` does not
+        count. On a timeout the worker is killed and ``BfclTimeoutError`` raised (``started``: whether the worker
         had sent a message for this request)."""
         if self._process is None:
             self.start()

@@ -10,7 +10,7 @@ Tests derive further scripted models from these (a wrong value, a dropped call) 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from awpo.toolcall import format_tool_calls
 

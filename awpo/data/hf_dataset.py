@@ -16,7 +16,7 @@ not run for awpo's environments.
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..toolcall import hermes_conversation, with_tool_system_prompt
 from .builtin import builtin_tasks

@@ -27,7 +27,8 @@ from ..toolcall import normalize_tools
 from .task import CATEGORIES, Task
 
 JSON_FIELDS = ("messages", "question", "tools", "function", "ground_truth", "env_state", "user_turns")
-_BFCL_CATEGORY = re.compile(r"^(?:live_)?(parallel_multiple|parallel|multiple|simple|irrelevance)(?:_[a-z]+)?_\d+(?:-\d+)*$")
+_BFCL_CATEGORY = re.compile(
+    r"^(?:live_)?(parallel_multiple|parallel|multiple|simple|irrelevance)(?:_[a-z]+)?_\d+(?:-\d+)*$")
 
 
 def load_tasks(path: str, *, possible_answer_path: str | None = None, system_prompt: str | None = None) -> list[Task]:
@@ -66,7 +67,8 @@ def save_tasks(path: str, tasks: list[Task]) -> None:
 def read_records(path: str) -> list[tuple[str, dict]]:
     """-> [(location such as 'file.jsonl:3', record dict)]."""
     if path.endswith(".parquet"):
-        return [(f"{path}:row {i + 1}", _as_record(row, f"{path}:row {i + 1}")) for i, row in enumerate(_parquet_rows(path))]
+        return [(f"{path}:row {i + 1}", _as_record(row, f"{path}:row {i + 1}"))
+                for i, row in enumerate(_parquet_rows(path))]
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
     if text.lstrip().startswith("["):
@@ -190,7 +192,8 @@ def _check_messages(messages, where: str, field: str) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"{where}: {field!r} must be a non-empty list of chat messages")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)):
             raise ValueError(f"{where}: {field}[{i}] must be {{'role': str, 'content': str}}, got {message!r}")
     return messages
 

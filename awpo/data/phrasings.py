@@ -134,14 +134,16 @@ REQUESTS = {
 CLAUSES = {
     "get_weather": {"train": ["check the weather in {city}", "tell me how warm it is in {city} in {unit}"],
                     "heldout": ["see what the weather is doing in {city}"]},
-    "convert_units": {"train": ["convert {value} {from_unit} to {to_unit}", "tell me how many {to_unit} {value} {from_unit} is"],
+    "convert_units": {"train": ["convert {value} {from_unit} to {to_unit}",
+                                "tell me how many {to_unit} {value} {from_unit} is"],
                       "heldout": ["express {value} {from_unit} in {to_unit}"]},
     "calculate": {"train": ["work out {a} {operation__word} {b}", "{operation__verb} {a} and {b}"],
                   "heldout": ["compute {a} {operation__word} {b}"]},
     "create_calendar_event": {"train": ["put {title} on my calendar on {date} at {time}"],
                               "heldout": ["block {date} at {time} for {title}"]},
     "web_search": {"train": ["search the web for {query}"], "heldout": ["look up {query} online"]},
-    "convert_currency": {"train": ["convert {amount} {from_currency} to {to_currency}", "tell me what {amount} {from_currency} is in {to_currency}"],
+    "convert_currency": {"train": ["convert {amount} {from_currency} to {to_currency}",
+                                   "tell me what {amount} {from_currency} is in {to_currency}"],
                          "heldout": ["change {amount} {from_currency} into {to_currency}"]},
     "read_file": {"train": ["read the file {path}", "show me {path}"], "heldout": ["open {path}"]},
     "get_stock_price": {"train": ["get the price of {symbol}", "check how {symbol} stock is doing"],
@@ -157,7 +159,8 @@ CLAUSES = {
                            "heldout": ["list {cuisine} food spots in {location}"]},
     "search_flights": {"train": ["find flights from {origin} to {destination} on {date}"],
                        "heldout": ["look for a flight {origin} to {destination} on {date}"]},
-    "add_to_shopping_list": {"train": ["add {items} to my shopping list"], "heldout": ["note {items} on the shopping list"]},
+    "add_to_shopping_list": {"train": ["add {items} to my shopping list"],
+                             "heldout": ["note {items} on the shopping list"]},
 }
 
 # How clauses combine into one message; "{c1}" ... "{cN}" are the clauses, in order.

@@ -1,6 +1,6 @@
 """How every built-in task opens: a short system instruction, then two worked example exchanges.
 
-A 135M model produces well-formed calls only when it sees an example (ENVIRONMENT.md). Shown as a
+A 135M model produces well-formed calls only when it sees an example (docs/ENVIRONMENT.md). Shown as a
 prior user/assistant exchange, the example is imitated far more often than inside the system message.
 A fixed example is copied literally (SmolLM2-135M then fills every tool with the example's argument
 names), so each single-turn task gets its own: a request for one of the task's offered tools, phrased
@@ -37,7 +37,8 @@ NO_CALL_EXAMPLE = [
 DICE_TOOL = {
     "name": "roll_dice",
     "description": "Roll dice.",
-    "parameters": {"type": "object", "properties": {"sides": {"type": "integer"}, "count": {"type": "integer", "default": 1}},
+    "parameters": {"type": "object",
+                   "properties": {"sides": {"type": "integer"}, "count": {"type": "integer", "default": 1}},
                    "required": ["sides"]},
 }
 DICE_EXAMPLE = worked_example("Roll two six-sided dice for me.", "roll_dice", {"sides": 6, "count": 2})

@@ -9,8 +9,8 @@ truth follows from which parameters a template mentions.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 @dataclass
@@ -67,15 +67,19 @@ PHRASES = ["good morning", "where is the train station", "thank you very much", 
            "how much does this cost", "I would like a coffee", "the meeting is at noon"]
 PEOPLE = {"Anna": "anna@example.com", "Ben": "ben@example.com", "Chloe": "chloe@example.com",
           "Dev": "dev@example.com", "Elena": "elena@example.com", "Farid": "farid@example.com"}
-SUBJECTS = [("Quarterly report", "The quarterly report is attached."), ("Lunch on Friday", "Are you free for lunch on Friday?"),
-            ("Project update", "The prototype is ready for review."), ("Trip plans", "I booked the hotel for our trip.")]
+SUBJECTS = [("Quarterly report", "The quarterly report is attached."),
+            ("Lunch on Friday", "Are you free for lunch on Friday?"),
+            ("Project update", "The prototype is ready for review."),
+            ("Trip plans", "I booked the hotel for our trip.")]
 QUERIES = ["best hiking trails near Denver", "history of the printing press", "how to repot a cactus",
            "symptoms of vitamin D deficiency", "latest results of the Champions League", "easy vegan lasagna recipe",
            "how do solar panels work", "cheap flights tips"]
 FILES = ["notes.txt", "report.csv", "todo.md", "config.yaml", "server.log", "draft.docx"]
 TIMER_LABELS = ["tea", "pasta", "laundry", "break", "workout", "oven"]
-REMINDERS = ["call mom", "pay the rent", "water the plants", "submit the report", "renew my passport", "buy a birthday gift"]
-EVENTS = ["Team meeting", "Dentist appointment", "Lunch with Sam", "Project review", "Yoga class", "Parent-teacher meeting"]
+REMINDERS = ["call mom", "pay the rent", "water the plants", "submit the report", "renew my passport",
+             "buy a birthday gift"]
+EVENTS = ["Team meeting", "Dentist appointment", "Lunch with Sam", "Project review", "Yoga class",
+          "Parent-teacher meeting"]
 CUISINES = ["italian", "thai", "mexican", "indian", "japanese", "vegan", "greek"]
 GROCERIES = ["milk", "eggs", "bread", "apples", "rice", "coffee", "butter", "cheese", "tomatoes", "spinach"]
 OPERATIONS = {"add": ("add", "plus"), "subtract": ("subtract", "minus"), "multiply": ("multiply", "times"),

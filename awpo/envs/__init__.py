@@ -8,7 +8,7 @@ checker does; an episode with a malformed tool call in any assistant turn scores
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .base import ToolEnv, ToolError, check_arguments
 from .filesystem import FileSystemEnv
@@ -44,7 +44,7 @@ def multi_turn_outcome(task, final_env: ToolEnv, *, graded: bool = False, turns:
 
     ``turns``: the episode's parsed assistant turns (``ParsedCompletion``s). When any of them
     holds a malformed tool call the episode scores 0.0, exact and graded, whatever the final state:
-    as for the single-turn reward (SPEC.md section 4, ``awpo/rewards/outcome.py``), rewarding broken
+    as for the single-turn reward (docs/SPEC.md section 4, ``awpo/rewards/outcome.py``), rewarding broken
     output would teach a policy to emit it.
 
     Graded: partial credit over the paths (files and folders) that matter, those whose expected final

@@ -28,9 +28,11 @@ class FileSystemEnv(ToolEnv):
         _doc("cd", "Go to a subfolder, '..' (parent) or '/' (top).", {"folder": ""}, ["folder"]),
         _doc("mkdir", "Create a folder here.", {"dir_name": ""}, ["dir_name"]),
         _doc("touch", "Create an empty file here.", {"file_name": ""}, ["file_name"]),
-        _doc("write_file", "Create or replace a file here.", {"file_name": "", "content": ""}, ["file_name", "content"]),
+        _doc("write_file", "Create or replace a file here.", {"file_name": "", "content": ""},
+             ["file_name", "content"]),
         _doc("cat", "Show a file.", {"file_name": ""}, ["file_name"]),
-        _doc("mv", "Move into a subfolder or '..', else rename.", {"source": "", "destination": ""}, ["source", "destination"]),
+        _doc("mv", "Move into a subfolder or '..', else rename.", {"source": "", "destination": ""},
+             ["source", "destination"]),
         _doc("rm", "Delete a file or empty folder here.", {"name": ""}, ["name"]),
         _doc("pwd", "Show the current folder.", {}, []),
     ]
@@ -185,4 +187,5 @@ def _check_tree(node: dict, where: str) -> None:
         if isinstance(value, dict):
             _check_tree(value, f"{where}{name}/")
         elif not isinstance(value, str):
-            raise ValueError(f"filesystem state at {where}{name}: a file's content must be a string, got {type(value).__name__}")
+            raise ValueError(f"filesystem state at {where}{name}: a file's content must be a string, "
+                             f"got {type(value).__name__}")

@@ -13,7 +13,7 @@ into its own engine only, so the judge's weights stay those of its directory for
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A judge's account of one training step, and the rule that stops a run whose judge is gone.
 
 A judge request that fails (server down, timeout, an unreadable reply) gives NaN, "no score", and
-training goes on: AWPO drops NaN members from the reasoning statistics (SPEC.md section 1). But a
+training goes on: AWPO drops NaN members from the reasoning statistics (docs/SPEC.md section 1). But a
 judge that answers nothing for several steps in a row is a broken set-up, not bad luck, and AWPO
 would silently train as GRPO; so after ``max_failed_steps`` such steps the run stops, naming the
 judge and its last error.

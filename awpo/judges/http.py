@@ -74,7 +74,7 @@ class OpenAIChatBackend:
         return f"chat completions at {self.url}, model {self.model or '(not resolved yet)'}"
 
     # ------------------------------------------------------------------------------------------
-    def connect(self) -> "OpenAIChatBackend":
+    def connect(self) -> OpenAIChatBackend:
         """Check that the server answers and serves the model; resolve the model name when empty.
 
         ConnectionError when the server cannot be reached, PermissionError when it refuses the

@@ -1,6 +1,6 @@
 """Rewards for tool-use rollouts: the verifiable outcome reward and the reasoning judges."""
 
-from .outcome import normalize_string, outcome_reward, reference_calls, validate_ground_truth
+from .outcome import normalize_string, outcome_reward, validate_ground_truth
 from .reasoning import Judge, LLMJudge, RuleJudge, parse_judge_score
 
 __all__ = [
@@ -10,6 +10,5 @@ __all__ = [
     "normalize_string",
     "outcome_reward",
     "parse_judge_score",
-    "reference_calls",
     "validate_ground_truth",
 ]

@@ -1,4 +1,4 @@
-"""Outcome reward: do the parsed tool calls match a BFCL "possible answer"? (SPEC.md section 4)
+"""Outcome reward: do the parsed tool calls match a BFCL "possible answer"? (docs/SPEC.md section 4)
 
 A ground truth is a list of expected calls, ``[{function_name: {param: [acceptable values]}}]``.
 ``""`` among a parameter's acceptable values means it may be omitted; ``[]`` (no calls) means no tool
@@ -94,7 +94,8 @@ def outcome_reward(
 def validate_ground_truth(ground_truth) -> None:
     """Raise ValueError naming the bad entry unless ``ground_truth`` is in possible-answer form."""
     if not isinstance(ground_truth, list):
-        raise ValueError(f"ground_truth must be a list of {{function_name: {{param: [values]}}}}, got {type(ground_truth).__name__}")
+        raise ValueError("ground_truth must be a list of {function_name: {param: [values]}}, "
+                         f"got {type(ground_truth).__name__}")
     for index, entry in enumerate(ground_truth):
         if not isinstance(entry, dict) or len(entry) != 1:
             raise ValueError(f"ground_truth[{index}] must be a dict with exactly one function name, got {entry!r}")
@@ -103,27 +104,13 @@ def validate_ground_truth(ground_truth) -> None:
             raise ValueError(f"ground_truth[{index}] must map a function name to a dict of parameters, got {entry!r}")
         for param, acceptable in params.items():
             if not isinstance(acceptable, list):
-                raise ValueError(f"ground_truth[{index}][{name!r}][{param!r}] must be a list of acceptable values, got {acceptable!r}")
+                raise ValueError(f"ground_truth[{index}][{name!r}][{param!r}] must be a list of acceptable values, "
+                                 f"got {acceptable!r}")
 
 
 def normalize_string(text: str) -> str:
     """BFCL's string normalisation: drop spaces and ``,./-_*^``, lower-case, ``'`` -> ``"``."""
     return _STRING_NOISE.sub("", text).lower().replace("'", '"')
-
-
-def reference_calls(ground_truth: list[dict]) -> list[ToolCall]:
-    """One correct answer for a ground truth: each parameter's first acceptable non-``""`` value."""
-    validate_ground_truth(ground_truth)
-    calls = []
-    for entry in ground_truth:
-        (name, params), = entry.items()
-        arguments = {}
-        for param, acceptable in params.items():
-            values = [v for v in acceptable if v != ""]
-            if values:
-                arguments[param] = _literal(values[0])
-        calls.append(ToolCall(name, arguments))
-    return calls
 
 
 def _literal(value):

@@ -1,7 +1,7 @@
-"""Reasoning reward: how good is the ``<think>`` text that led to the calls? (SPEC.md section 1)
+"""Reasoning reward: how good is the ``<think>`` text that led to the calls? (docs/SPEC.md section 1)
 
 A judge scores one completion in [0, 1], or NaN for "no score" because the judge failed (error,
-timeout, unreadable reply): SPEC.md excludes NaN members from the reasoning statistics. A completion
+timeout, unreadable reply): docs/SPEC.md excludes NaN members from the reasoning statistics. A completion
 that writes no reasoning (no ``<think>`` block, or an empty one) scores ``missing_reasoning_score``
 (default 0.0, the worst score; SPEC section 1): were it NaN, dropping ``<think>`` would escape every
 below-average reasoning score, and a policy learns to do exactly that. Pass ``None`` for prompts
@@ -23,9 +23,10 @@ import math
 import re
 import string
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 from ..judges.health import FailureWatch, JudgeStats
 from ..toolcall import ToolCall, normalize_tools
@@ -312,7 +313,7 @@ class LLMJudge:
 
     @classmethod
     def from_engine(cls, engine, *, tokenizer=None, temperature: float = 0.0, max_tokens: int = 96,
-                    max_model_len: int | None = None, **kwargs) -> "LLMJudge":
+                    max_model_len: int | None = None, **kwargs) -> LLMJudge:
         """A judge backed by a rollout engine (``awpo.rollout``'s ``generate(prompts, n=...)``).
 
         With ``tokenizer``, the rubric is wrapped in the model's chat template as a user turn; with

@@ -12,12 +12,13 @@ them) or token ids (multi-turn episodes build their token sequences themselves).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence, Union
+from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
-Prompt = Union[str, Sequence[int]]
+Prompt = str | Sequence[int]
 
 
 @dataclass

@@ -7,7 +7,7 @@ processed scores (after temperature / top-p), the distribution the tokens were d
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from ..toolcall import ParsedCompletion, ToolCall, parse_completion, render_prompt
 from . import Completion, RolloutEngine

@@ -1,12 +1,11 @@
-"""awpo.advantages: options, agreement with the reference group op, diagnostics, and the path from
+"""awpo.batch_advantages: options, agreement with the reference group op, diagnostics, and the path from
 scored tool-use rollouts to advantages."""
 
-import math
 
 import pytest
 import torch
 
-from awpo.advantages import AdvantageOptions, compute_advantages
+from awpo.batch_advantages import AdvantageOptions, compute_advantages
 from awpo_kernels import reference
 
 NAN = float("nan")
@@ -106,18 +105,19 @@ def test_bad_inputs_name_the_argument():
 def test_scored_tool_use_rollouts_to_advantages():
     """Four samples of one built-in task, scored by the outcome reward and the RuleJudge: the
     correct call gets the largest advantage, the junk the smallest."""
+    from awpo.bfcl.scripted import first_acceptable_calls
     from awpo.data import builtin_tasks
-    from awpo.rewards import RuleJudge, outcome_reward, reference_calls
+    from awpo.rewards import RuleJudge, outcome_reward
     from awpo.toolcall import format_tool_calls, parse_completion
 
     task = next(t for t in builtin_tasks("train", n=20, seed=0) if t.category == "simple")
-    right = reference_calls(task.ground_truth)[0]
-    values = " ".join(str(v) for v in right.arguments.values())
-    wrong_args = {k: (v + 1 if isinstance(v, (int, float)) else f"{v} maybe") for k, v in right.arguments.items()}
+    right = first_acceptable_calls(task.ground_truth)[0]
+    values = " ".join(str(v) for v in right["arguments"].values())
+    wrong_args = {k: (v + 1 if isinstance(v, (int, float)) else f"{v} maybe") for k, v in right["arguments"].items()}
     samples = [
-        f"<think>The user wants {right.name} with {values}.</think>\n" + format_tool_calls([right]),
-        f"<think>Use {right.name}.</think>\n" + format_tool_calls([{"name": right.name, "arguments": wrong_args}]),
-        "<think>I am not sure what to do here at all.</think>\n" + format_tool_calls([{"name": right.name, "arguments": wrong_args}]),
+        f"<think>The user wants {right['name']} with {values}.</think>\n" + format_tool_calls([right]),
+        f"<think>Use {right['name']}.</think>\n" + format_tool_calls([{"name": right["name"], "arguments": wrong_args}]),
+        "<think>I am not sure what to do here at all.</think>\n" + format_tool_calls([{"name": right["name"], "arguments": wrong_args}]),
         "<tool_call>\n{oops}\n</tool_call>",
     ]
     judge = RuleJudge()

@@ -13,8 +13,17 @@ import torch
 
 import awpo_kernels as ak
 from awpo import attention
-from awpo.policy_update import (RolloutBatch, UpdateOptions, last_hidden_states, lm_head_weight, pack,
-                                shares_prompts, token_logprobs, update_policy)
+from awpo.policy_update import (
+    RolloutBatch,
+    UpdateOptions,
+    last_hidden_states,
+    lm_head_weight,
+    pack,
+    shares_prompts,
+    token_logprobs,
+    update_policy,
+)
+
 
 def load_tiny(model_dir, device="cpu"):
     from transformers import AutoModelForCausalLM  # imported here: collecting this file stays cheap

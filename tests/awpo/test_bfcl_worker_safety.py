@@ -81,7 +81,7 @@ def test_calls_outside_the_entry_are_refused_and_never_run(bfcl, ground_truth, t
     }
     oracle = _oracle_result(turns)
     items = []
-    for label, attack in attacks.items():
+    for attack in attacks.values():
         # the attack alone in turn 0: refused, so the turn has no call and the entry fails
         items.append({"id": entry_id, "result": [[_calls_text([attack]), NO_CALL_REPLY]] + oracle[1:]})
         # the attack mixed with the right calls in one step: the whole step is refused

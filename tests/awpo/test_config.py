@@ -137,3 +137,30 @@ def test_a_yaml_list_is_the_comma_separated_form_of_a_text_option(tmp_path):
     assert config.categories == "simple,multiple" and config.eval_bfcl == "simple_python,irrelevance"
     with pytest.raises(ConfigError, match="expected a string"):
         cfg.from_dict({"categories": {"simple": 1}})
+
+
+def test_dataclass_defaults_equal_the_shipped_default_yaml():
+    """`Config()` (the Python API) and `python -m awpo.train` (default.yaml first) run the same defaults."""
+    from pathlib import Path
+
+    import awpo
+
+    path = Path(awpo.__file__).parent / "configs" / "default.yaml"
+    assert cfg.from_dict(cfg.load_yaml(str(path))) == Config()
+
+
+def test_options_objects_come_from_the_config():
+    import awpo_kernels as ak
+
+    config = Config(epsilon=0.1, epsilon_high=0.3, scale_rewards="none", beta=0.04, loss_type="grpo", gate="hard")
+    loss = config.loss_options()
+    assert isinstance(loss, ak.LossOptions)
+    assert (loss.epsilon_low, loss.epsilon_high, loss.beta, loss.loss_type) == (0.1, 0.3, 0.04, "grpo")
+    assert (loss.temperature, loss.max_completion_length) == (config.temperature, config.max_completion_length)
+    adv = config.advantage_options()
+    assert isinstance(adv, ak.AdvantageOptions)
+    assert (adv.scale, adv.gate, adv.epsilon_low, adv.epsilon_high) == ("none", "hard", 0.1, 0.3)
+    assert adv.graded_outcome == config.graded_outcome
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    assert fields["estimator"].metadata["choices"] == ak.AdvantageOptions.ESTIMATORS
+    assert fields["loss_type"].metadata["choices"] == ak.LossOptions.LOSS_TYPES

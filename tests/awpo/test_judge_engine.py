@@ -21,6 +21,7 @@ import time
 import urllib.request
 
 import pytest
+from test_judge_support import TAUGHT_REPLY, ThinkingEngine, build_taught_judge, free_port
 
 from awpo import judge as judge_cli
 from awpo.config import Config
@@ -28,7 +29,6 @@ from awpo.data import Task
 from awpo.rewards.reasoning import JudgeRequest
 from awpo.toolcall import ToolCall
 from awpo.trainer import Trainer, make_judge
-from test_judge_support import TAUGHT_REPLY, ThinkingEngine, build_taught_judge, free_port
 
 TOOLS = [{"name": "get_weather", "description": "Weather in a city.",
           "parameters": {"type": "dict", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]

@@ -13,6 +13,7 @@ import math
 import time
 
 import pytest
+from test_judge_support import ThinkingEngine, free_port, start_local_server
 
 from awpo.config import Config, ConfigError, parse_args
 from awpo.data import Task
@@ -21,7 +22,6 @@ from awpo.judges.http import api_base
 from awpo.rewards.reasoning import JudgeRequest, LLMJudge
 from awpo.toolcall import ToolCall
 from awpo.trainer import Trainer, make_judge
-from test_judge_support import ThinkingEngine, free_port, start_local_server
 
 TOOLS = [{"name": "get_weather", "description": "Weather in a city.",
           "parameters": {"type": "dict", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]

@@ -215,7 +215,7 @@ def build_taught_judge(path: str, *, max_steps: int = 300) -> str:
     the rubric beside it in ``path/rubric.txt``; returns ``path``. It trains (about 70 steps, a few
     seconds) until greedy decoding gives the reply on all four teaching prompts."""
     import torch
-    from conftest import build_tiny_model
+    from tiny_model import build_tiny_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from awpo.rewards.reasoning import JudgeRequest, LLMJudge

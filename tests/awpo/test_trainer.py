@@ -7,11 +7,7 @@ the advantages, the loss and the update are all real; everything else (rollouts,
 the fused loss, the optimizer, the weight sync, checkpoints) is the production path.
 """
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -23,8 +19,15 @@ from awpo import trainer as trainer_module
 from awpo.checkpoint import latest_checkpoint, list_checkpoints, load_trainer_state
 from awpo.config import Config, ConfigError
 from awpo.data import Task
-from awpo.policy_update import (RolloutBatch, UpdateOptions, last_hidden_states, lm_head_weight, pack,
-                                token_logprobs, update_policy)
+from awpo.policy_update import (
+    RolloutBatch,
+    UpdateOptions,
+    last_hidden_states,
+    lm_head_weight,
+    pack,
+    token_logprobs,
+    update_policy,
+)
 from awpo.rollout.multiturn import RolloutOptions, run_episodes
 from awpo.scoring import EpisodeScores
 from awpo.trainer import DataStream, Trainer
@@ -52,7 +55,8 @@ def config_for(output_dir, **overrides):
     values = dict(output_dir=str(output_dir), max_steps=2, prompts_per_step=2, num_generations=4,
                   per_device_train_batch_size=3, max_completion_length=10, temperature=1.0, learning_rate=3e-3,
                   estimator="grpo", eval_dataset="none", save_steps=1, save_total_limit=0, plot=False,
-                  max_model_len=1024, seed=7, mask_truncated_completions=False)  # the random model never stops
+                  max_model_len=1024, seed=7, mask_truncated_completions=False,  # the random model never stops
+                  vllm_importance_sampling_correction=True, bf16_autocast=False)  # fp32: tight comparisons
     values.update(overrides)
     return Config(**values)
 

@@ -12,17 +12,24 @@ import sys
 
 import pytest
 import torch
+from test_trl_support import ScriptedRollout, cpu_args, scripted_completions, tiny_dataset
 from transformers import AutoModelForCausalLM
+from trl import GRPOConfig, GRPOTrainer
 
 import awpo_kernels as ak
+from awpo.bfcl.scripted import first_acceptable_calls
 from awpo.data import builtin_dataset, builtin_tasks
-from awpo.integrations.trl import AWPOConfig, AWPOTrainer, OutcomeReward, ReasoningReward, outcome_reward, \
-    reasoning_reward
-from awpo.rewards import LLMJudge, reference_calls
+from awpo.integrations.trl import (
+    AWPOConfig,
+    AWPOTrainer,
+    OutcomeReward,
+    ReasoningReward,
+    outcome_reward,
+    reasoning_reward,
+)
+from awpo.rewards import LLMJudge
 from awpo.rewards import outcome_reward as score_outcome
 from awpo.toolcall import format_tool_calls
-from test_trl_support import ScriptedRollout, cpu_args, scripted_completions, tiny_dataset
-from trl import GRPOConfig, GRPOTrainer
 
 
 class RecordingAWPOTrainer(AWPOTrainer):
@@ -243,7 +250,7 @@ def test_builtin_dataset_rows_score_with_the_trl_reward_functions():
             assert f'"name":"{tool["name"]}"' in row["prompt"][0]["content"].replace(" ", "")
     columns = {"ground_truth": dataset["ground_truth"], "tools": dataset["tools"]}
     good = [[{"role": "assistant", "content": scripted_completions(json.loads(t))[0]}] for t in dataset["ground_truth"]]
-    silent = [[{"role": "assistant", "content": format_tool_calls(reference_calls(json.loads(t)))}]
+    silent = [[{"role": "assistant", "content": format_tool_calls(first_acceptable_calls(json.loads(t)))}]
               for t in dataset["ground_truth"]]
     prompts = dataset["prompt"]
     assert outcome_reward(prompts=prompts, completions=good, **columns) == [1.0] * 12
@@ -260,7 +267,7 @@ def test_builtin_dataset_rows_score_with_the_trl_reward_functions():
 
 def test_rewards_take_the_trainers_options_unless_set(tiny_model_dir, tmp_path):
     task = builtin_tasks("train", n=40, seed=1, categories=("parallel",))[0]
-    half = format_tool_calls(reference_calls(task.ground_truth)[:1])  # one of the calls
+    half = format_tool_calls(first_acceptable_calls(task.ground_truth)[:1])  # one of the calls
     partial = score_outcome(half, task.ground_truth, graded=True, tools=task.tools)
     assert 0.0 < partial < 1.0
     columns = {"ground_truth": [json.dumps(task.ground_truth)], "tools": [json.dumps(task.tools)]}
@@ -315,3 +322,27 @@ def test_trl_loss_path_benchmark_baseline_computes_the_materialised_loss_and_gra
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours.hidden.grad, theirs.hidden.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_an_llm_judge_is_asked_afresh_each_batch_and_stops_training_when_it_never_answers():
+    from awpo.judges import JudgeUnavailableError
+
+    task = builtin_tasks("train", n=4, seed=2, categories=("simple",))[0]
+    columns = {"ground_truth": [json.dumps(task.ground_truth)], "tools": [json.dumps(task.tools)]}
+    completion = "<think>the weather tool fits</think>" + format_tool_calls(first_acceptable_calls(task.ground_truth))
+    asked = []
+
+    def answers(prompts):
+        asked.append(len(prompts))
+        return ["Score: 6/10"] * len(prompts)
+
+    judged = ReasoningReward(judge=LLMJudge(answers))
+    assert judged(prompts=["q"], completions=[completion], **columns) == [0.6]
+    assert judged(prompts=["q"], completions=[completion], **columns) == [0.6]
+    assert asked == [1, 1]  # the same completion is judged again in the next batch: the policy changed
+    assert judged.judge.stats.requests == 1 and judged.judge.stats.failed == 0  # this batch's counts
+
+    silent = ReasoningReward(judge=LLMJudge(lambda prompts: [None] * len(prompts), max_failed_steps=2))
+    assert math.isnan(silent(prompts=["q"], completions=[completion], **columns)[0])
+    with pytest.raises(JudgeUnavailableError, match="gave no score to any of the 2 requests of the last 2"):
+        silent(prompts=["q"], completions=[completion], **columns)

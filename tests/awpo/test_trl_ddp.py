@@ -28,8 +28,9 @@ def train_and_save(model_dir: str, out_dir: str, per_device_batch: int) -> None:
     tiny gradient is summed into a full learning-rate step on that weight.
     """
     sys.path.insert(0, str(HERE))
-    from awpo.integrations.trl import AWPOTrainer
     from test_trl_support import ScriptedRollout, cpu_args, tiny_dataset
+
+    from awpo.integrations.trl import AWPOTrainer
 
     dataset = tiny_dataset(4)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1

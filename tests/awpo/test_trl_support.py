@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 
+from awpo.bfcl.scripted import first_acceptable_calls
 from awpo.data import builtin_dataset
-from awpo.rewards import reference_calls
 from awpo.toolcall import format_tool_calls
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL
@@ -20,7 +20,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked
 
 def scripted_completions(ground_truth: list) -> list[str]:
     """Four completions of a task, from best to worst."""
-    calls = format_tool_calls(reference_calls(ground_truth)) if ground_truth else ""
+    calls = format_tool_calls(first_acceptable_calls(ground_truth)) if ground_truth else ""
     names = ", ".join(next(iter(call)) for call in ground_truth) or "no tool"
     return [
         f"<think>The request needs {names}; I fill the values from it.</think>\n{calls}",

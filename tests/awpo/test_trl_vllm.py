@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 import torch
-
 from test_trl_support import cpu_args, tiny_dataset
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache (TRL sizes it for GPUs)
@@ -21,9 +20,8 @@ FIXED = "<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n<|im_start|>
 
 def build_tiny_model_head_dim_64(path: str) -> str:
     """conftest's tiny Llama, with 2 attention heads of size 64 (1 key/value head)."""
+    from tiny_model import TINY_HIDDEN, TINY_LAYERS, build_tiny_tokenizer
     from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig
-
-    from conftest import TINY_HIDDEN, TINY_LAYERS, build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=TINY_HIDDEN, intermediate_size=2 * TINY_HIDDEN,

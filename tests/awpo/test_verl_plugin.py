@@ -39,11 +39,11 @@ def test_without_verl_the_package_imports_and_registers_nothing():
         plugin.register()
 
 
-def test_venv_stamp_covers_requirements_and_setup_py(tmp_path, monkeypatch):
+def test_venv_stamp_covers_requirements_and_pyproject(tmp_path, monkeypatch):
     from awpo.integrations.verl import venv
 
     assert venv.REQUIREMENTS_FILE.exists() and "verl==0.9.1" in venv.REQUIREMENTS_FILE.read_text().splitlines()
-    assert REPO / "setup.py" in venv.RECIPE.hashed_files
+    assert REPO / "pyproject.toml" in venv.RECIPE.hashed_files
     monkeypatch.setenv(venv.VENV_ENV_VAR, str(tmp_path / "elsewhere"))
     assert venv.default_venv_dir() == (tmp_path / "elsewhere").resolve()
     assert not venv.is_ready(tmp_path / "elsewhere")

@@ -151,7 +151,7 @@ def assert_same_results(got, expected, dtype, what=""):
 def run_epilogue(device, logits, targets, spec, dz_dtype, temperature=0.9):
     """One TritonEpilogue call on a copy of `logits` -> (dz as fp32 on the CPU, the results)."""
     from awpo_kernels._chunked import ChunkPlan, ChunkResults
-    from awpo_kernels.triton_kernels import TritonEpilogue
+    from awpo_kernels._epilogue_triton import TritonEpilogue
 
     rows = logits.shape[0]
     plan = ChunkPlan(targets, 1 / temperature, need_entropy=True, spec=spec, save_lse=True)
@@ -172,7 +172,7 @@ def epilogue_inputs(device, rows, vocab, seed=33):
     targets[4] = -100
     seq_ids = (torch.arange(rows) // 5).to(device)
     spec = build_loss_spec(seq_ids, targets != -100, 3, torch.randn(3, generator=g).to(device),
-                           dtype=torch.float32, entropy_coef=0.1, beta=0.0)
+                           dtype=torch.float32, options=ak.LossOptions(entropy_coef=0.1, beta=0.0))
     return logits, targets, spec
 
 

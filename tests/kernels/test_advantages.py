@@ -1,5 +1,5 @@
 """`group_advantages` on every backend against `reference.group_advantages` (float64), the four AWPO
-properties of SPEC.md section 2, the defining properties of the ablation baselines (reward_sum, gdpo,
+properties of docs/SPEC.md section 2, the defining properties of the ablation baselines (reward_sum, gdpo,
 gate "none"), hand-computed examples, and input validation.
 
 Backends: `torch` always; `triton_interp` (Triton on CPU) only when TRITON_INTERPRET=1 was set before
@@ -79,7 +79,7 @@ def assert_matches_reference(out, ref, atol, rtol):
     for field in FIELDS:
         actual, expected = getattr(out, field), getattr(ref, field)
         assert actual.shape == expected.shape, field
-        torch.testing.assert_close(actual.to(f64), expected, atol=atol, rtol=rtol, msg=lambda m: f"{field}: {m}")
+        torch.testing.assert_close(actual.to(f64), expected, atol=atol, rtol=rtol, msg=lambda m, field=field: f"{field}: {m}")
 
 
 # Option combinations that change the code path: every gate x weight x clip for AWPO, both scales and

@@ -44,7 +44,7 @@ def test_small_caps_still_balance_row_by_row():
 
 # ----------------------------------------------------------------------------- epilogue launch overrides
 
-triton_kernels = pytest.importorskip("awpo_kernels.triton_kernels")
+triton_kernels = pytest.importorskip("awpo_kernels._epilogue_triton")
 
 
 def test_epilogue_block_sizes_follow_the_environment(monkeypatch):

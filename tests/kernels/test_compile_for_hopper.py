@@ -23,7 +23,8 @@ triton = pytest.importorskip("triton")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from awpo_kernels import _advantages_triton, triton_kernels  # noqa: E402
+from awpo_kernels import _advantages_triton  # noqa: E402
+from awpo_kernels import _epilogue_triton as triton_kernels  # noqa: E402
 from benchmarks.profile import EPILOGUE_SWEEP  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)

@@ -342,7 +342,7 @@ def test_int32_ids_and_strided_packed_inputs(kt, backend):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled Triton kernels need a CUDA GPU")
 def test_cuda_changing_hyper_parameters_never_recompiles_the_kernel(kt):
-    from awpo_kernels import triton_kernels
+    from awpo_kernels import _epilogue_triton as triton_kernels
 
     def compiled_variants():  # triton 3.x keeps (kernel_cache, ...) per device
         return sum(len(entry[0]) for entry in triton_kernels._lm_head_epilogue_kernel.device_caches.values())

@@ -1,6 +1,6 @@
 """The reference itself, checked against hand computations and independent formulations.
 
-Every fast path is tested against `reference.py`; these tests pin the reference to SPEC.md.
+Every fast path is tested against `reference.py`; these tests pin the reference to docs/SPEC.md.
 """
 import math
 

@@ -13,8 +13,9 @@ import torch
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
-import awpo.integrations.verl  # noqa: E402,F401  (registers the estimators, the loss and the shim)
 from verl_helpers import build_tokenizer, make_batch, score_with_naive_manager  # noqa: E402
+
+import awpo.integrations.verl  # noqa: E402,F401  (registers the estimators, the loss and the shim)
 
 
 @pytest.fixture(scope="session")

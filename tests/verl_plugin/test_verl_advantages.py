@@ -21,7 +21,7 @@ from awpo.rewards import RuleJudge, outcome_reward
 from awpo.toolcall import parse_completion
 
 
-def algorithm(estimator: str = "awpo", **awpo_options) -> "OmegaConf":
+def algorithm(estimator: str = "awpo", **awpo_options) -> OmegaConf:
     """verl's `algorithm` section as the trainer passes it (a DictConfig)."""
     config = {"adv_estimator": estimator, "gamma": 1.0, "lam": 1.0, "norm_adv_by_std_in_grpo": True,
               "use_kl_in_reward": False}

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from awpo.bfcl.scripted import first_acceptable_calls
 from awpo.data import builtin_tasks
 from awpo.integrations.verl.data import COLUMNS, export
 from awpo.integrations.verl.reward import compute_score
-from awpo.rewards.outcome import reference_calls
 from awpo.toolcall import format_tool_calls
 
 
@@ -49,7 +49,7 @@ def test_verl_rlhf_dataset_reads_the_export_and_compute_score_scores_it(tmp_path
     for index, task in enumerate(tasks):
         item = dataset[index]
         assert item["raw_prompt"][-1]["content"] == task.user_prompt
-        answer = "<think>Use the tool.</think>\n" + format_tool_calls(reference_calls(task.ground_truth))
+        answer = "<think>Use the tool.</think>\n" + format_tool_calls(first_acceptable_calls(task.ground_truth))
         if not task.ground_truth:
             answer = "<think>No tool fits this request.</think>\nNone of the tools can do that."
         scores = compute_score(item["data_source"], answer, item["reward_model"]["ground_truth"], item["extra_info"])

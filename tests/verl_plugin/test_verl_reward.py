@@ -8,11 +8,11 @@ import types
 
 import pytest
 
+from awpo.bfcl.scripted import first_acceptable_calls
 from awpo.data import builtin_tasks
 from awpo.integrations.verl.data import task_row
 from awpo.integrations.verl.reward import compute_score
 from awpo.rewards import outcome_reward
-from awpo.rewards.outcome import reference_calls
 from awpo.toolcall import format_tool_calls
 
 
@@ -30,8 +30,8 @@ def score(row, text, **options):
 
 def test_outcome_and_default_rule_judge(row):
     task, _ = row
-    call = format_tool_calls(reference_calls(task.ground_truth))
-    name = reference_calls(task.ground_truth)[0].name
+    call = format_tool_calls(first_acceptable_calls(task.ground_truth))
+    name = first_acceptable_calls(task.ground_truth)[0]["name"]
     good = score(row, f"<think>The user asks for {name}; I call it with the values given.</think>\n{call}")
     assert good["score"] == good["outcome"] == 1.0 and 0.3 < good["reasoning"] <= 1.0
     silent = score(row, call)  # no <think>: missing reasoning scores 0.0 (SPEC section 1)
@@ -44,8 +44,8 @@ def test_outcome_and_default_rule_judge(row):
 
 def test_graded_outcome_and_response_prefix(row):
     task, _ = row
-    call = reference_calls(task.ground_truth)[0]
-    wrong = format_tool_calls([type(call)(call.name, {k: "nope" for k in call.arguments})])
+    call = first_acceptable_calls(task.ground_truth)[0]
+    wrong = format_tool_calls([{"name": call["name"], "arguments": {k: "nope" for k in call["arguments"]}}])
     graded = score(row, wrong, graded=True)["outcome"]
     assert graded == outcome_reward(wrong, task.ground_truth, graded=True, tools=task.tools) and 0 < graded < 1
     prefixed = score(row, "I call the tool.</think>\n" + format_tool_calls([call]), response_prefix="<think>")
@@ -60,10 +60,10 @@ def test_llm_judge_through_a_callable_and_a_dotted_path(row, monkeypatch):
         seen.extend(prompts)
         return ["Score: 7/10"] * len(prompts)
 
-    text = "<think>Looks like a job for the tool.</think>\n" + format_tool_calls(reference_calls(task.ground_truth))
+    text = "<think>Looks like a job for the tool.</think>\n" + format_tool_calls(first_acceptable_calls(task.ground_truth))
     assert score(row, text, judge=generate)["reasoning"] == pytest.approx(0.7)
     assert task.user_prompt in seen[0]  # the judge sees the request from extra_info
-    assert score(row, format_tool_calls(reference_calls(task.ground_truth)), judge=generate)["reasoning"] == 0.0
+    assert score(row, format_tool_calls(first_acceptable_calls(task.ground_truth)), judge=generate)["reasoning"] == 0.0
     assert math.isnan(score(row, text, judge=lambda prompts: [None] * len(prompts))["reasoning"])  # judge failed
 
     module = types.ModuleType("my_judges")

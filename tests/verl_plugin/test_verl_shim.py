@@ -67,8 +67,9 @@ def test_importing_verl_loads_the_plugin_through_its_entry_point():
 
 
 def test_register_is_idempotent_and_refuses_a_foreign_estimator(monkeypatch):
-    import awpo.integrations.verl as plugin
     from verl.trainer.ppo import core_algos, ray_trainer
+
+    import awpo.integrations.verl as plugin
 
     before = dict(core_algos.ADV_ESTIMATOR_REGISTRY)
     wrapped = ray_trainer.compute_advantage

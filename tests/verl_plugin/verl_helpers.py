@@ -16,9 +16,9 @@ import random
 import numpy as np
 import torch
 
+from awpo.bfcl.scripted import first_acceptable_calls
 from awpo.data import builtin_tasks
 from awpo.integrations.verl.data import task_row
-from awpo.rewards.outcome import reference_calls
 from awpo.toolcall import ToolCall, format_tool_calls
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -44,13 +44,13 @@ def build_tokenizer():
 
 def completions_for(task, rng: random.Random) -> list[str]:
     """Four completions of one task whose outcomes and reasoning scores differ."""
-    calls = reference_calls(task.ground_truth)
-    names = ", ".join(c.name for c in calls) or "none of the tools"
-    values = " ".join(str(v) for c in calls for v in c.arguments.values())
+    calls = first_acceptable_calls(task.ground_truth)
+    names = ", ".join(c["name"] for c in calls) or "none of the tools"
+    values = " ".join(str(v) for c in calls for v in c["arguments"].values())
     good = f"<think>The request needs {names} with {values}.</think>\n" + format_tool_calls(calls)
     if not calls:
         good = "<think>No tool fits this request, none of the functions is relevant.</think>\nI cannot help with that."
-    wrong = [ToolCall(c.name, {k: "wrong value" for k in c.arguments}) for c in calls] or [ToolCall("get_weather", {})]
+    wrong = [ToolCall(c["name"], {k: "wrong value" for k in c["arguments"]}) for c in calls] or [ToolCall("get_weather", {})]
     return [
         good,
         format_tool_calls(calls) if calls else "No tool fits.",  # right answer, no reasoning
@@ -63,7 +63,7 @@ def completions_for(task, rng: random.Random) -> list[str]:
 
 def all_wrong_completions(task, rng: random.Random) -> list[str]:
     """Four completions that all fail (equal outcomes) with different reasoning."""
-    names = ", ".join(c.name for c in reference_calls(task.ground_truth)) or "a tool"
+    names = ", ".join(c["name"] for c in first_acceptable_calls(task.ground_truth)) or "a tool"
     return [f"<think>{' '.join(['I should use', names] * (i + 1))} {rng.random():.2f}</think>\n"
             '<tool_call>\n{"name": "no_such_tool", "arguments": {}}\n</tool_call>' for i in range(4)]
 

@@ -1,7 +1,7 @@
 """`AWPOConfig`: TRL's `GRPOConfig` plus AWPO's options, with the names and defaults of `python -m awpo.train`.
 
 Every AWPO option is checked when the config is built, by the same code that checks `python -m awpo.train`'s
-(`awpo.advantages.AdvantageOptions`, whose allowed values come from `awpo_kernels.advantages`), so a bad value
+(`awpo.batch_advantages.AdvantageOptions`, whose allowed values come from `awpo_kernels.advantages`), so a bad value
 fails before any model is loaded, with a message naming the option. TRL options that AWPO's fused loss does not
 implement fail here too (`fused_loss=False` keeps TRL's own loss for them).
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from awpo.advantages import AdvantageOptions
+from awpo.batch_advantages import AdvantageOptions
 from awpo.rewards.reasoning import MISSING_REASONING_SCORE, check_missing_reasoning_score
 
 # TRL loss types that `awpo_kernels.fused_linear_policy_loss` computes (SPEC section 3, TRL's names).
@@ -81,7 +81,7 @@ class AWPOConfig(GRPOConfig):
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
     def advantage_options(self) -> AdvantageOptions:
-        """The options of `awpo.advantages.compute_advantages`, checked there."""
+        """The options of `awpo.batch_advantages.compute_advantages`, checked there."""
         low_high = tuple(self.outcome_range) if isinstance(self.outcome_range, (list, tuple)) else ()
         if len(low_high) != 2:
             raise ValueError(f"outcome_range must be [low, high], got {self.outcome_range!r}")

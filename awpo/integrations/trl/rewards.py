@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 from awpo.rewards import RuleJudge
 from awpo.rewards import outcome_reward as score_outcome
@@ -80,7 +81,7 @@ class OutcomeReward:
         return [float(score_outcome(completion_text(c), truth, graded=graded, tools=tool))
                 for c, truth, tool in zip(completions, truths, tools)]
 
-    def bound(self, *, graded: bool) -> "OutcomeReward":
+    def bound(self, *, graded: bool) -> OutcomeReward:
         """This reward with the trainer's option filled in where it was left unset."""
         return self if self.graded is not None else replace(self, graded=graded)
 
@@ -113,7 +114,13 @@ class ReasoningReward:
         for prompt, completion, tool in zip(prompts, completions, tools):
             parsed = parse_completion(completion_text(completion))
             requests.append(JudgeRequest(request_text(prompt), parsed.reasoning, parsed.calls, tool or []))
-        scores = [float(s) for s in judge_many(self.resolved_judge(), requests)]
+        judge = self.resolved_judge()
+        steps = callable(getattr(judge, "new_step", None)) and callable(getattr(judge, "finish_step", None))
+        if steps:  # an LLM judge: fresh cache and counts for this generation batch (the policy changed)
+            judge.new_step()
+        scores = [float(s) for s in judge_many(judge, requests)]
+        if steps:  # JudgeUnavailableError after judge_max_failed_steps batches without one score
+            judge.finish_step()
         return [s if math.isnan(s) or 0.0 <= s <= 1.0 else float("nan") for s in scores]
 
     def resolved_judge(self):
@@ -122,7 +129,7 @@ class ReasoningReward:
         missing = MISSING_REASONING_SCORE if self.missing_reasoning_score is _UNSET else self.missing_reasoning_score
         return RuleJudge(missing_reasoning_score=missing)
 
-    def bound(self, *, missing_reasoning_score) -> "ReasoningReward":
+    def bound(self, *, missing_reasoning_score) -> ReasoningReward:
         if self.judge is not None or self.missing_reasoning_score is not _UNSET:
             return self
         return replace(self, missing_reasoning_score=missing_reasoning_score)

@@ -4,7 +4,7 @@ Everything distributed stays TRL's and accelerate's (DDP, FSDP, DeepSpeed, vLLM 
 
 - advantages: TRL gathers every process's rewards per reward function (`_calculate_rewards`, a
   `[global batch, n_funcs]` tensor, grouped by prompt). After TRL's own scoring, the gathered outcome (first
-  function) and reasoning score (second) go through `awpo.advantages.compute_advantages`
+  function) and reasoning score (second) go through `awpo.batch_advantages.compute_advantages`
   (`awpo_kernels.group_advantages`) and this process's slice replaces TRL's advantages, with per-sequence clip
   bounds when `clip_shrink > 0`. AWPO's diagnostics are logged as `awpo/...` metrics, and the advantages shown
   in TRL's completion logs are AWPO's.
@@ -18,7 +18,7 @@ import torch
 from trl import GRPOTrainer
 from trl.models.utils import _ForwardRedirection
 
-from awpo.advantages import AdvantageBatch, compute_advantages
+from awpo.batch_advantages import AdvantageBatch, compute_advantages
 
 from .config import AWPOConfig
 from .loss import LossSettings, compute_fused_loss, lm_head_scale
@@ -62,6 +62,12 @@ class AWPOTrainer(GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self.last_rewards = rewards  # gathered over processes, group-contiguous
+        mode = "train" if self.model.training else "eval"
+        for func in self.reward_funcs:  # an LLM judge's requests, failures and latency (this process's)
+            stats = getattr(getattr(func, "judge", None), "stats", None)
+            if callable(getattr(stats, "metrics", None)):
+                for name, value in stats.metrics().items():
+                    self._metrics[mode][name].append(value)
         return rewards
 
     def _generate_and_score_completions(self, inputs):

@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from awpo.data import builtin_tasks
 from awpo.data.hf_dataset import task_record

@@ -12,7 +12,8 @@ all in one namespace: ``awpo`` and ``awpo_mixed`` as they are, the baselines pre
 then whitening over tokens), which is not SPEC's (whitening over completions); the prefix keeps the two
 apart, and any estimator awpo_kernels adds later is registered the same way.
 
-Options (``+algorithm.awpo.<key>=...``; defaults as ``group_advantages``): ``outcome_key``
+Options (``algorithm.awpo.<key>=...``; a leading ``+`` only for a key the config does not declare yet;
+defaults as ``group_advantages``): ``outcome_key``
 (``outcome``), ``reasoning_key`` (``reasoning``; null: no reasoning scores), ``scale`` (``group``, or
 ``none`` when ``algorithm.norm_adv_by_std_in_grpo=false``), ``unbiased``, ``eps``, ``outcome_range``,
 ``gate``, ``gate_threshold``, ``weight``, ``reasoning_coef``, ``clip``, ``clip_ratio``, ``clip_max``.
@@ -57,7 +58,7 @@ class EstimatorOptions:
     kernel: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, config) -> "EstimatorOptions":
+    def from_config(cls, config) -> EstimatorOptions:
         """From ``algorithm.awpo`` (a dict-like, optional) and ``algorithm.norm_adv_by_std_in_grpo``."""
         raw = _plain(_get(config, "awpo")) or {}
         if not isinstance(raw, dict):
@@ -67,14 +68,15 @@ class EstimatorOptions:
                              "would have to reach verl's policy loss, whose clip ratios come from the actor config")
         unknown = sorted(set(raw) - set(KERNEL_OPTIONS) - set(KEY_OPTIONS))
         if unknown:
-            raise ValueError(f"algorithm.awpo: unknown option(s) {unknown}; known: {list(KEY_OPTIONS + KERNEL_OPTIONS)}")
+            raise ValueError(f"algorithm.awpo: unknown option(s) {unknown}; "
+                             f"known: {list(KEY_OPTIONS + KERNEL_OPTIONS)}")
         kernel = {key: raw[key] for key in KERNEL_OPTIONS if key in raw}
         if "outcome_range" in kernel:
             kernel["outcome_range"] = tuple(kernel["outcome_range"])
         if "scale" not in kernel and _get(config, "norm_adv_by_std_in_grpo") is False:
             kernel["scale"] = "none"
-        options = cls(outcome_key=raw.get("outcome_key", "outcome"), reasoning_key=raw.get("reasoning_key", "reasoning"),
-                      kernel=kernel)
+        options = cls(outcome_key=raw.get("outcome_key", "outcome"),
+                      reasoning_key=raw.get("reasoning_key", "reasoning"), kernel=kernel)
         for name in KEY_OPTIONS:
             value = getattr(options, name)
             if not (isinstance(value, str) and value) and not (name == "reasoning_key" and value is None):
@@ -120,7 +122,8 @@ def make_estimator(verl_estimator: str):
                                   non_tensor_batch=non_tensor_batch, verl_estimator=verl_estimator)
 
     estimate.__name__ = estimate.__qualname__ = f"awpo_estimator_{estimator}"
-    estimate.__doc__ = f"AWPO's '{estimator}' group advantages (awpo_kernels.group_advantages), as verl's '{verl_estimator}'."
+    estimate.__doc__ = (f"AWPO's '{estimator}' group advantages (awpo_kernels.group_advantages), "
+                        f"as verl's '{verl_estimator}'.")
     estimate.__awpo_estimator__ = verl_estimator
     return estimate
 
@@ -183,9 +186,10 @@ def group_rows(uids) -> list[np.ndarray]:
 def score_column(non_tensor_batch, key: str, rows: int, *, allow_nan: bool) -> torch.Tensor:
     """One score per row from ``non_tensor_batch[key]`` as float32 (None -> NaN where allowed)."""
     if key not in non_tensor_batch:
-        raise KeyError(f"non_tensor_batch has no '{key}' scores (keys: {sorted(non_tensor_batch)}); the reward function "
-                       f"must return a dict with '{key}' (awpo.integrations.verl.reward.compute_score does), or set "
-                       "+algorithm.awpo.outcome_key / reasoning_key to the keys it returns")
+        raise KeyError(f"non_tensor_batch has no '{key}' scores (keys: {sorted(non_tensor_batch)}); "
+                       f"the reward function must return a dict with '{key}' "
+                       "(awpo.integrations.verl.reward.compute_score does), or set "
+                       "algorithm.awpo.outcome_key / reasoning_key to the keys it returns")
     values = list(np.asarray(non_tensor_batch[key], dtype=object).reshape(-1))
     if len(values) != rows:
         raise ValueError(f"non_tensor_batch['{key}'] has {len(values)} values for {rows} rows")

@@ -32,7 +32,7 @@ import importlib.abc
 import importlib.metadata
 import inspect
 import sys
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 

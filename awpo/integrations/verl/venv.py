@@ -6,7 +6,7 @@ so verl lives in a venv of its own, created on first use from the pinned ``requi
 installed into it without deps (editable from a source checkout, so the venv always runs the
 checkout's code). Its location is ``$AWPO_VERL_VENV`` when set, else ``<repo>/.venv-verl`` for a
 source checkout, else ``$XDG_CACHE_HOME/awpo/venv-verl``. The stamp covers the requirements and
-``setup.py`` (the plugin's ``verl.plugins`` entry point lives there), so a change to either
+``pyproject.toml`` (the plugin's ``verl.plugins`` entry point lives there), so a change to either
 re-installs into the same venv. Locking, stamps and error messages: ``awpo.isolated_venv``.
 
     python -m awpo.integrations.verl.venv --ensure     # create it if needed, print its python
@@ -37,7 +37,8 @@ def _install_project(recipe: VenvRecipe, venv_dir: Path) -> None:
         recipe.run([*recipe.pip(venv_dir), "--no-deps", "--no-build-isolation", "-e", str(REPO_ROOT)],
                    "pip install --no-deps -e <repo>")
     else:  # an installed copy of awpo: put the directory that holds it on the venv's path
-        site_packages = Path(venv_dir) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+        python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        site_packages = Path(venv_dir) / "lib" / python / "site-packages"
         (site_packages / "awpo-project.pth").write_text(str(PROJECT_ROOT) + "\n")
 
 
@@ -50,7 +51,7 @@ def _finish(recipe: VenvRecipe, venv_dir: Path) -> None:
 RECIPE = VenvRecipe(
     label="verl", dirname=".venv-verl", cache_name="venv-verl", env_var=VENV_ENV_VAR,
     requirements=REQUIREMENTS_FILE, stamp_name=".awpo-verl-installed", lock_name=".awpo-verl-lock",
-    hashed_files=(REPO_ROOT / "setup.py",),
+    hashed_files=(REPO_ROOT / "pyproject.toml",),
     note=f"verl=={VERL_VERSION} and CPU torch, 1.9 GB, first use: a few minutes", finish=_finish,
     run_env=lambda: {"OMP_NUM_THREADS": "1"},
 )
@@ -62,7 +63,7 @@ def default_venv_dir() -> Path:
 
 
 def is_ready(venv_dir: str | os.PathLike) -> bool:
-    """True when the venv exists and was installed from the current requirements and setup.py."""
+    """True when the venv exists and was installed from the current requirements and pyproject.toml."""
     return RECIPE.is_ready(venv_dir)
 
 

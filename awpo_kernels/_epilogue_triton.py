@@ -30,7 +30,6 @@ from ._chunked import ChunkPlan, ChunkResults
 from ._runtime import triton_interpreting
 from ._token_math import KL_CODES, LossSpec
 
-
 # ----------------------------------------------------------------------------- shared math
 
 @triton.jit
@@ -277,7 +276,7 @@ def _block_sizes(vocab: int):
 
 
 class TritonEpilogue:
-    """Launches the epilogue kernel on one chunk; same call contract as _torch_epilogue.TorchEpilogue."""
+    """Launches the epilogue kernel on one chunk: a `_chunked.Epilogue`, like `_epilogue_torch.TorchEpilogue`."""
 
     buffers = 1  # the entropy is accumulated online: no second buffer
 

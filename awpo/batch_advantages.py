@@ -1,65 +1,45 @@
 """Scored rollouts -> AWPO advantages and the per-group diagnostics worth logging.
 
-A thin layer over ``awpo_kernels.group_advantages`` (SPEC.md section 2): the options live in one
-dataclass that the trainer's config exposes, and the result carries plain-float metrics.
+A thin layer over ``awpo_kernels.group_advantages`` (docs/SPEC.md section 2): the options are
+``awpo_kernels.AdvantageOptions`` (allowed values, defaults and checks live there), extended here by
+the one trainer-side choice, ``graded_outcome``; the result carries plain-float metrics.
+(Not to be confused with ``awpo_kernels/advantages.py``, the op itself.)
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
-from typing import Sequence
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
+import awpo_kernels
 from awpo_kernels import group_advantages
-from awpo_kernels.advantages import CLIPS, ESTIMATORS, GATES, SCALES, WEIGHTS
-
-CHOICES = {"estimator": ESTIMATORS, "scale": SCALES, "gate": GATES, "weight": WEIGHTS, "clip": CLIPS}
+from awpo_kernels.options import check_number
 
 
-@dataclass
-class AdvantageOptions:
-    """AWPO's knobs (names as in SPEC.md section 2), plus which outcome reward feeds them."""
+@dataclass(frozen=True)
+class AdvantageOptions(awpo_kernels.AdvantageOptions):
+    """``awpo_kernels.AdvantageOptions`` plus which outcome reward feeds them (``graded_outcome``).
 
-    estimator: str = "awpo"
-    scale: str = "group"
-    unbiased: bool = True
-    eps: float = 1e-6
-    gate: str = "soft"
-    gate_threshold: float = 0.0
-    weight: str = "linear"
-    reasoning_coef: float = 1.0
-    clip: str = "sign"
-    clip_ratio: float = 0.5
-    clip_max: float = 1.0
-    clip_shrink: float = 0.0
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.2
+    Stricter than the op for training: the PPO clip epsilons and the clip bounds must be > 0.
+    """
+
     graded_outcome: bool = False  # score outcomes with partial credit (outcome_reward(graded=True))
-    outcome_range: tuple[float, float] = field(default=(0.0, 1.0))
 
-    def __post_init__(self):
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("eps", "clip_ratio", "clip_max", "epsilon_low", "epsilon_high"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        for name in ("gate_threshold", "reasoning_coef", "clip_shrink"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        low, high = self.outcome_range
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            raise ValueError(f"outcome_range must be (low, high) with low < high, got {self.outcome_range!r}")
-        self.outcome_range = (float(low), float(high))
+    def __post_init__(self) -> None:
+        for name in ("clip_ratio", "clip_max", "epsilon_low", "epsilon_high"):
+            check_number(name, getattr(self, name), low_open=True)
+        super().__post_init__()
+
+    def kernel_options(self) -> awpo_kernels.AdvantageOptions:
+        """The op's options alone (without graded_outcome)."""
+        return awpo_kernels.AdvantageOptions(**self.kernel_kwargs())
 
     def kernel_kwargs(self) -> dict:
-        kwargs = asdict(self)
-        kwargs.pop("graded_outcome")
-        return kwargs
+        """The op's options as keyword arguments of ``awpo_kernels.group_advantages``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(awpo_kernels.AdvantageOptions)}
 
 
 @dataclass
@@ -88,20 +68,21 @@ def compute_advantages(
     if reasoning_t is not None and reasoning_t.shape != outcome_t.shape:
         raise ValueError(f"reasoning has {reasoning_t.numel()} scores but outcome has {outcome_t.numel()}")
     if not isinstance(group_size, int) or group_size < 2 or outcome_t.numel() % group_size:
-        raise ValueError(f"group_size must be an int >= 2 dividing the batch size {outcome_t.numel()}, got {group_size!r}")
-    kwargs = options.kernel_kwargs()
-    result = group_advantages(outcome_t, reasoning_t, group_size=group_size, **kwargs)
+        raise ValueError(f"group_size must be an int >= 2 dividing the batch size {outcome_t.numel()}, "
+                         f"got {group_size!r}")
+    kernel_options = options.kernel_options()
+    result = group_advantages(outcome_t, reasoning_t, group_size=group_size, options=kernel_options)
     metrics = group_metrics(outcome_t, reasoning_t, result, group_size)
     if options.estimator == "grpo":
         metrics["adv/reasoning_share"] = 0.0
     else:
-        kwargs["estimator"] = "grpo"
-        grpo = group_advantages(outcome_t, None, group_size=group_size, **kwargs).advantages
+        grpo = group_advantages(outcome_t, None, group_size=group_size, estimator="grpo",
+                                options=kernel_options).advantages
         metrics["adv/reasoning_share"] = reasoning_share(result.advantages, grpo)
     return AdvantageBatch(result.advantages, result.epsilon_low, result.epsilon_high, metrics)
 
 
-def _as_tensor(values, name: str) -> torch.Tensor:
+def _as_tensor(values: Sequence[float] | torch.Tensor, name: str) -> torch.Tensor:
     tensor = values.detach() if isinstance(values, torch.Tensor) else torch.tensor(list(values), dtype=torch.float32)
     if tensor.dim() != 1:
         raise ValueError(f"{name} must be one score per rollout (1-D), got shape {tuple(tensor.shape)}")
@@ -119,7 +100,8 @@ def reasoning_share(advantages: torch.Tensor, grpo_advantages: torch.Tensor) -> 
     return float(extra / total) if total > 0 else 0.0
 
 
-def group_metrics(outcome: torch.Tensor, reasoning: torch.Tensor | None, result, group_size: int) -> dict[str, float]:
+def group_metrics(outcome: torch.Tensor, reasoning: torch.Tensor | None, result: awpo_kernels.GroupAdvantages,
+                  group_size: int) -> dict[str, float]:
     """Plain floats for the metrics log (one value per batch, averaged over groups)."""
     groups = outcome.reshape(-1, group_size)
     flat_outcome = groups.max(dim=1).values == groups.min(dim=1).values

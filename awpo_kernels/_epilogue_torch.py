@@ -14,11 +14,13 @@ from __future__ import annotations
 import torch
 
 from ._chunked import ChunkPlan, ChunkResults
-from ._runtime import IGNORE_INDEX
 from ._token_math import token_coefficients
+from .reference import IGNORE_INDEX
 
 
 class TorchEpilogue:
+    """The torch chunk epilogue: a `_chunked.Epilogue`, like `_epilogue_triton.TritonEpilogue`."""
+
     def __init__(self, plan: ChunkPlan, results: ChunkResults, *, write_grad: bool):
         self.plan = plan
         self.results = results
