@@ -57,6 +57,7 @@ class VLLMEngine:
 
         if not prompts:
             return []
+        self._restore_parallel_groups()
         if temperature == 0.0 and n > 1:  # greedy: vLLM wants n=1, and the n samples are identical
             first = self.generate(prompts, n=1, temperature=0.0, max_tokens=max_tokens, top_p=top_p, stop=stop)
             return [samples * n for samples in first]
@@ -73,6 +74,32 @@ class VLLMEngine:
             outputs = self.llm.generate(inputs, SamplingParams(**base), use_tqdm=False)
         return [[_completion(sample) for sample in output.outputs] for output in outputs]
 
+    def _restore_parallel_groups(self) -> None:
+        """Rebuild vLLM's single-rank parallel groups if another in-process engine tore them down.
+
+        vLLM keeps them in module globals, and an engine that shuts down in this process (a judge
+        engine, a test's engine, TRL's colocated one) destroys them for every engine: the next step
+        of this one would fail with "pipeline model parallel group is not initialized".
+        """
+        from vllm.distributed import parallel_state
+
+        if parallel_state.model_parallel_is_initialized():
+            return
+        import socket
+
+        from vllm.config import set_current_vllm_config
+        from vllm.platforms import current_platform
+        from vllm.v1.worker.gpu_worker import init_worker_distributed_environment
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = self.llm.llm_engine.vllm_config
+        logger.info("vLLM's parallel groups were torn down by another engine in this process: rebuilding them")
+        with set_current_vllm_config(config):
+            init_worker_distributed_environment(config, rank=0, distributed_init_method=f"tcp://127.0.0.1:{port}",
+                                                local_rank=0, backend=current_platform.dist_backend)
+
     def _token_ids(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
             return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -82,6 +109,7 @@ class VLLMEngine:
     def sync_weights(self, model) -> None:
         """Copy `model`'s weights into vLLM and drop the prefix cache (its KV entries are stale)."""
         weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
+        self._restore_parallel_groups()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
 

@@ -98,13 +98,15 @@ def make_handler(state: State):
             content = f"The reasoning was read.\nScore: {grade[-1] if grade else 5}/10"
             if "NOSCORE" in prompt:
                 content = "I cannot grade this."
-            self.send_json(200, {"id": "chatcmpl-local", "object": "chat.completion", "model": state.options.model,
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": content}}]})
             with state.lock:
                 state.answered += 1
                 answered = state.answered
+            # logged before the reply goes out: a reply the client got is always in the log, even when a
+            # concurrent request's --die-after kill comes between sending and logging
             state.log(event="answer", item=item)
+            self.send_json(200, {"id": "chatcmpl-local", "object": "chat.completion", "model": state.options.model,
+                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": content}}]})
             if state.options.die_after and answered >= state.options.die_after:
                 os.kill(os.getpid(), signal.SIGKILL)
 

@@ -85,6 +85,28 @@ def test_vllm_weight_sync_copies_the_new_weights(tiny_vllm_engine, tiny_model_di
 # HF fallback
 # ----------------------------------------------------------------------------------------------
 
+def test_vllm_engine_keeps_working_after_another_in_process_engine_shuts_down(tiny_vllm_engine, tiny_model_dir):
+    """vLLM's shutdown of any in-process engine (a judge's, a test's) tears down the parallel groups
+    that every engine shares; the engine rebuilds them instead of failing its next step."""
+    import gc
+
+    from vllm.distributed import parallel_state
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tiny_vllm_engine.sync_weights(policy)
+    before = tiny_vllm_engine.generate(["Weather in Oslo?"], n=2, temperature=1.0, max_tokens=6, seed=3)
+    other = make_engine("vllm", tiny_model_dir, seed=1, dtype="float32", max_model_len=512, kv_cache_gb=0.125)
+    assert other.generate(["hi"], n=1, temperature=0.0, max_tokens=2)[0][0].token_ids
+    other.llm.llm_engine.engine_core.shutdown()
+    del other
+    gc.collect()
+    assert not parallel_state.model_parallel_is_initialized()  # what vLLM's shutdown does to everyone
+    tiny_vllm_engine.sync_weights(policy)
+    after = tiny_vllm_engine.generate(["Weather in Oslo?"], n=2, temperature=1.0, max_tokens=6, seed=3)
+    assert [[c.token_ids for c in group] for group in after] == [[c.token_ids for c in group] for group in before]
+    assert parallel_state.model_parallel_is_initialized()
+
+
 def test_hf_engine_samples_with_matching_logprobs(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
