@@ -13,7 +13,6 @@ resume from their last checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import signal
 import subprocess
@@ -182,9 +181,9 @@ def run_grid(runs: list[grid.Run], parallel: int, *, keep_checkpoints: bool = Fa
     return failed
 
 
-def threads_used(runs: list[grid.Run], planned: int) -> str:
-    """The torch threads the finished runs recorded in result.json (they may predate this command)."""
-    used = {json.loads(r.result_path.read_text()).get("cpu_threads") for r in runs if r.done} - {None}
+def threads_used(loaded: list[dict], planned: int) -> str:
+    """The torch threads the loaded runs recorded in result.json (they may predate this command)."""
+    used = {run["result"].get("cpu_threads") for run in loaded} - {None}
     return ",".join(str(t) for t in sorted(used)) if used else str(planned)
 
 
@@ -199,8 +198,9 @@ def report(settings: dict, runs: list[grid.Run], argv: list[str], threads: int) 
     if not by_variant:
         raise ConfigError("no finished training run to report on yet")
     first = next(r for r in runs if r.variant != grid.BASE).config
+    trained = [loaded for seeds in by_variant.values() for loaded in seeds.values()]
     meta = {"title": settings["title"], "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-            "machine": machine_description(), "threads": threads_used(runs, threads),
+            "machine": machine_description(), "threads": threads_used(trained, threads),
             "parallel": "not recorded (--report_only)" if settings.get("report_only") else settings["parallel"],
             "load": " ".join(f"{v:.2f}" for v in os.getloadavg()),
             "command": "python -m awpo.ablation " + " ".join(shlex.quote(a) for a in argv),
