@@ -24,6 +24,8 @@ from awpo_kernels import LossOptions
 
 from .data.task import CATEGORIES
 
+_AWPO = KernelAdvantageOptions()  # the kernels' AdvantageOptions own the AWPO options' defaults
+
 
 class ConfigError(ValueError):
     """A bad option value: the message names the option, the value and what is allowed."""
@@ -150,26 +152,26 @@ class Config:
     vllm_importance_sampling_cap: float = option(2.0, "cap of the importance ratio", low=1.0, group="loss")
 
     # ---- AWPO advantages (docs/SPEC.md section 2) ---------------------------------------------------
-    estimator: str = option("awpo", "'awpo' (outcome + gated reasoning term), 'grpo' (outcome only); for "
-                            "ablations 'awpo_mixed' (mix at the reward level), 'reward_sum' (GRPO on outcome + "
+    estimator: str = option(_AWPO.estimator, "'awpo' (outcome + gated reasoning term), 'grpo' (outcome only); "
+                            "for ablations 'awpo_mixed' (mix at the reward level), 'reward_sum' (GRPO on outcome + "
                             "reasoning_coef * reasoning) or 'gdpo' (each reward normalised in its group, summed, "
                             "whitened over the batch)", choices=KernelAdvantageOptions.ESTIMATORS, group="awpo")
-    gate: str = option("soft", "variance-aware gate of the reasoning term ('none': 1 everywhere, an ablation)",
+    gate: str = option(_AWPO.gate, "variance-aware gate of the reasoning term ('none': 1 everywhere, an ablation)",
                        choices=KernelAdvantageOptions.GATES, group="awpo")
-    gate_threshold: float = option(0.0, "the 'hard' gate opens when the outcome variance is <= this", low=0.0,
-                                   group="awpo")
-    weight: str = option("linear", "difficulty weight: 'linear' (1 - pass rate), 'bernoulli' (4p(1-p)) "
+    gate_threshold: float = option(_AWPO.gate_threshold, "the 'hard' gate opens when the outcome variance is <= this",
+                                   low=0.0, group="awpo")
+    weight: str = option(_AWPO.weight, "difficulty weight: 'linear' (1 - pass rate), 'bernoulli' (4p(1-p)) "
                          "or 'none'", choices=KernelAdvantageOptions.WEIGHTS, group="awpo")
-    clip: str = option("sign", "tailored clip of the reasoning term ('sign': it never flips the outcome "
+    clip: str = option(_AWPO.clip, "tailored clip of the reasoning term ('sign': it never flips the outcome "
                        "advantage)", choices=KernelAdvantageOptions.CLIPS, group="awpo")
-    clip_ratio: float = option(0.5, "reasoning term bound as a share of |outcome advantage|", low=0.0,
+    clip_ratio: float = option(_AWPO.clip_ratio, "reasoning term bound as a share of |outcome advantage|", low=0.0,
                                low_open=True, group="awpo")
-    clip_max: float = option(1.0, "reasoning term bound when the group's outcomes are all equal", low=0.0,
+    clip_max: float = option(_AWPO.clip_max, "reasoning term bound when the group's outcomes are all equal", low=0.0,
                              low_open=True, group="awpo")
-    clip_shrink: float = option(0.0, "dynamic PPO clip: epsilon / (1 + clip_shrink * gate * weight)", low=0.0,
-                                group="awpo")
-    reasoning_coef: float = option(1.0, "reasoning term coefficient (0: plain GRPO advantages)", low=0.0,
-                                   group="awpo")
+    clip_shrink: float = option(_AWPO.clip_shrink, "dynamic PPO clip: epsilon / (1 + clip_shrink * gate * weight)",
+                                low=0.0, group="awpo")
+    reasoning_coef: float = option(_AWPO.reasoning_coef, "reasoning term coefficient (0: plain GRPO advantages)",
+                                   low=0.0, group="awpo")
     judge: str = option("rule", "reasoning judge: 'rule' (deterministic), 'llm' (a model answers a rubric: "
                         "judge_model, judge_url, or else the policy itself) or 'none'",
                         choices=("rule", "llm", "none"), group="awpo")

@@ -16,6 +16,7 @@ from awpo.rewards.reasoning import MISSING_REASONING_SCORE, check_missing_reason
 
 # TRL loss types that `awpo_kernels.fused_linear_policy_loss` computes (SPEC section 3, TRL's names).
 FUSED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+_AWPO = AdvantageOptions()  # the AWPO options' defaults, owned by awpo_kernels.AdvantageOptions
 
 
 def _awpo(default, help_text: str):
@@ -31,17 +32,18 @@ class AWPOConfig(GRPOConfig):
     `clip_shrink` tightens per group, and TRL's `scale_rewards` ("group" or "none") scales the outcome advantage.
     """
 
-    estimator: str = _awpo("awpo", "'awpo' (outcome + gated reasoning term), 'grpo' (outcome only), or an "
-                                   "ablation estimator of awpo_kernels.group_advantages")
-    gate: str = _awpo("soft", "variance-aware gate of the reasoning term")
-    gate_threshold: float = _awpo(0.0, "the 'hard' gate opens when the outcome variance is <= this")
-    weight: str = _awpo("linear", "difficulty weight: 'linear' (1 - pass rate), 'bernoulli' (4p(1-p)) or 'none'")
-    reasoning_coef: float = _awpo(1.0, "reasoning term coefficient (0: plain GRPO advantages)")
-    clip: str = _awpo("sign", "tailored clip of the reasoning term ('sign': it never flips the outcome advantage)")
-    clip_ratio: float = _awpo(0.5, "reasoning term bound as a share of |outcome advantage|")
-    clip_max: float = _awpo(1.0, "reasoning term bound when the group's outcomes are all equal")
-    clip_shrink: float = _awpo(0.0, "dynamic PPO clip: epsilon / (1 + clip_shrink * gate * weight), per group "
-                                    "(needs fused_loss)")
+    estimator: str = _awpo(_AWPO.estimator, "'awpo' (outcome + gated reasoning term), 'grpo' (outcome only), or "
+                                             "an ablation estimator of awpo_kernels.group_advantages")
+    gate: str = _awpo(_AWPO.gate, "variance-aware gate of the reasoning term")
+    gate_threshold: float = _awpo(_AWPO.gate_threshold, "the 'hard' gate opens when the outcome variance is <= this")
+    weight: str = _awpo(_AWPO.weight, "difficulty weight: 'linear' (1 - pass rate), 'bernoulli' (4p(1-p)) or 'none'")
+    reasoning_coef: float = _awpo(_AWPO.reasoning_coef, "reasoning term coefficient (0: plain GRPO advantages)")
+    clip: str = _awpo(_AWPO.clip, "tailored clip of the reasoning term ('sign': it never flips the outcome "
+                                  "advantage)")
+    clip_ratio: float = _awpo(_AWPO.clip_ratio, "reasoning term bound as a share of |outcome advantage|")
+    clip_max: float = _awpo(_AWPO.clip_max, "reasoning term bound when the group's outcomes are all equal")
+    clip_shrink: float = _awpo(_AWPO.clip_shrink, "dynamic PPO clip: epsilon / (1 + clip_shrink * gate * weight), "
+                                                  "per group (needs fused_loss)")
     graded_outcome: bool = _awpo(True, "awpo's outcome_reward gives partial credit (names, parameters, values) "
                                        "instead of 1/0")
     # float | None; `str` lets the command line say 'none' (HfArgumentParser parses the field as text then)
