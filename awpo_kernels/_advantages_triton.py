@@ -8,7 +8,9 @@ the per-group counts in torch. The "gdpo" estimator is the one that looks across
 writes each completion's z = A^o + reasoning_coef * A^s and the launcher whitens z over the whole
 batch with a few torch reductions on the device (`reference._whiten_batch`; no host sync).
 
-The option choices (estimator, gate, ...) are constexprs because they change the code path; every
+The option choices (estimator, gate, ...) are constexprs because they change the code path: the
+kernel compares them against the named codes of `_kernel_codes` (one branch per code, an unknown code
+fails at build time) and the launcher looks each option's value up in its explicit table there. Every
 numeric hyper-parameter is a runtime argument, so changing it never recompiles. Compiled Triton passes
 Python floats as fp32 scalars, so `group_advantages` sends float64 inputs to the torch path and this
 kernel computes in float32 (the output dtype). It uses only plain pointer arithmetic and masks, so it
@@ -20,14 +22,28 @@ import torch
 import triton
 import triton.language as tl
 
+from ._kernel_codes import (
+    CLIP_CODES,
+    ESTIMATOR_AWPO,
+    ESTIMATOR_AWPO_MIXED,
+    ESTIMATOR_CODES,
+    ESTIMATOR_GDPO,
+    ESTIMATOR_GRPO,
+    ESTIMATOR_REWARD_SUM,
+    GATE_CODES,
+    GATE_HARD,
+    GATE_NONE,
+    GATE_RATIO,
+    GATE_SOFT,
+    SCALE_CODES,
+    WEIGHT_BERNOULLI,
+    WEIGHT_CODES,
+    WEIGHT_LINEAR,
+    WEIGHT_NONE,
+)
 from .options import AdvantageOptions
 from .outputs import GroupAdvantages
 from .reference import _whiten_batch
-
-# The kernel's constexpr codes: each choice's position in AdvantageOptions' tuple of allowed values.
-ESTIMATOR_CODES = {name: code for code, name in enumerate(AdvantageOptions.ESTIMATORS)}
-GATE_CODES = {name: code for code, name in enumerate(AdvantageOptions.GATES)}
-WEIGHT_CODES = {name: code for code, name in enumerate(AdvantageOptions.WEIGHTS)}
 
 
 @triton.jit
@@ -87,28 +103,32 @@ def _group_advantages_kernel(
 
     # Variance-aware gate g and difficulty weight w.
     pass_rate = tl.minimum(tl.maximum((o_first + o_mean_offset - o_min) / o_span, 0.0), 1.0)
-    if GATE == 0:
+    if GATE == GATE_SOFT:
         spread = tl.sqrt(o_sumsq / n) / (o_span * 0.5)
         g = 1.0 - tl.minimum(tl.maximum(spread, 0.0), 1.0)
-    elif GATE == 1:
+    elif GATE == GATE_HARD:
         g = tl.where(o_sumsq / n <= gate_threshold, 1.0, 0.0)
-    elif GATE == 2:
+    elif GATE == GATE_RATIO:
         g = sd_s / (sd_o + sd_s + eps)
-    else:  # "none": the gate ablated, g = 1
+    elif GATE == GATE_NONE:  # the gate ablated, g = 1
         g = pass_rate * 0.0 + 1.0
-    if WEIGHT == 0:
-        w = 1.0 - pass_rate
-    elif WEIGHT == 1:
-        w = 4.0 * pass_rate * (1.0 - pass_rate)
     else:
+        tl.static_assert(False, "GATE: not a _kernel_codes.GATE_* code")
+    if WEIGHT == WEIGHT_LINEAR:
+        w = 1.0 - pass_rate
+    elif WEIGHT == WEIGHT_BERNOULLI:
+        w = 4.0 * pass_rate * (1.0 - pass_rate)
+    elif WEIGHT == WEIGHT_NONE:
         w = pass_rate * 0.0 + 1.0
+    else:
+        tl.static_assert(False, "WEIGHT: not a _kernel_codes.WEIGHT_* code")
     g = g.to(dtype)
     w = w.to(dtype)
 
     clipped_count = 0
-    if ESTIMATOR == 0:  # GRPO
+    if ESTIMATOR == ESTIMATOR_GRPO:
         adv = adv_o
-    elif ESTIMATOR == 1:  # AWPO: outcome advantage + gated, weighted, clipped reasoning term
+    elif ESTIMATOR == ESTIMATOR_AWPO:  # AWPO: outcome advantage + gated, weighted, clipped reasoning term
         r = reasoning_coef * g * w * adv_s
         if CLIP_SIGN:
             bound = tl.where(sd_o > 0, clip_ratio * tl.abs(adv_o), clip_max)
@@ -116,7 +136,8 @@ def _group_advantages_kernel(
             clipped_count = tl.sum((in_group & (r_clipped != r)).to(tl.int32), axis=0)
             r = r_clipped
         adv = adv_o + r
-    elif ESTIMATOR == 2:  # AWPO mixed at the reward level; a missing reasoning score falls back to the outcome
+    elif ESTIMATOR == ESTIMATOR_AWPO_MIXED:
+        # AWPO mixed at the reward level; a missing reasoning score falls back to the outcome
         m = (1.0 - g) * o + g * tl.where(s_valid, s, o)
         m_shifted = tl.where(in_group, m - tl.max(tl.where(in_group, m, float("-inf")), axis=0), 0.0)
         m_dev = tl.where(in_group, m_shifted - tl.sum(m_shifted, axis=0) / n, 0.0)
@@ -125,7 +146,7 @@ def _group_advantages_kernel(
             adv = w * (m_dev / (sd_m + eps))
         else:
             adv = w * m_dev
-    elif ESTIMATOR == 3:  # reward_sum: GRPO on x = o + reasoning_coef * s, a missing score counting as 0
+    elif ESTIMATOR == ESTIMATOR_REWARD_SUM:  # GRPO on x = o + reasoning_coef * s, a missing score counting as 0
         if HAS_REASONING:
             # Centred on member 0 like the outcome. Its x is picked out of the block (a sum of one value
             # and zeros: exact), not recomputed, so equal x give exactly zero deviations however the
@@ -140,10 +161,12 @@ def _group_advantages_kernel(
                 adv = x_dev
         else:  # x = o: exactly GRPO
             adv = adv_o
-    else:  # gdpo: z = A^o + reasoning_coef * A^s here; the launcher whitens z over the batch
+    elif ESTIMATOR == ESTIMATOR_GDPO:  # z = A^o + reasoning_coef * A^s; the launcher whitens z over the batch
         adv = adv_o + reasoning_coef * adv_s
+    else:
+        tl.static_assert(False, "ESTIMATOR: not a _kernel_codes.ESTIMATOR_* code")
 
-    if ESTIMATOR == 0:
+    if ESTIMATOR == ESTIMATOR_GRPO:
         shrink = w * 0.0 + 1.0
     else:
         shrink = 1.0 / (1.0 + clip_shrink * g * w)
@@ -187,8 +210,8 @@ def group_advantages_triton(outcome: torch.Tensor, reasoning: torch.Tensor | Non
         float(opt.reasoning_coef), float(opt.clip_ratio), float(opt.clip_max), float(opt.clip_shrink),
         float(opt.epsilon_low), float(opt.epsilon_high),
         HAS_REASONING=reasoning is not None, ESTIMATOR=ESTIMATOR_CODES[opt.estimator],
-        SCALE_BY_STD=opt.scale == "group", GATE=GATE_CODES[opt.gate], WEIGHT=WEIGHT_CODES[opt.weight],
-        CLIP_SIGN=opt.clip == "sign", BLOCK_G=block,
+        SCALE_BY_STD=SCALE_CODES[opt.scale], GATE=GATE_CODES[opt.gate], WEIGHT=WEIGHT_CODES[opt.weight],
+        CLIP_SIGN=CLIP_CODES[opt.clip], BLOCK_G=block,
         num_warps=1 if block <= 256 else 4,
     )
     if opt.estimator == "gdpo":  # torch reductions on the device: no host sync

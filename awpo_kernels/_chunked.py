@@ -14,70 +14,23 @@ Chunks are balanced (`_runtime.chunk_bounds`: multiples of 128 rows on CUDA, no 
 logits and epilogue run (two workspaces).
 
 The full [N, V] logits never exist: the workspace is one chunk. The epilogue is the backend's
-(`_epilogue_torch.TorchEpilogue` or `_epilogue_triton.TritonEpilogue`, both `Epilogue`s, the contract
-below); what it computes is described
-by a `ChunkPlan`: either the policy loss's own coefficients (one pass, 6NHV FLOPs, the gradient is
-ready when the forward ends), or coefficients given from outside (the backward of `linear_logprobs`,
-which recomputes the logits: 8NHV), or none (forward only, 2NHV).
+(`_epilogue_torch.TorchEpilogue` or `_epilogue_triton.TritonEpilogue`, both `Epilogue`s: the contract
+in `_chunk_types`, with the `ChunkPlan` and `ChunkResults` they exchange with this loop); what it
+computes is described by a `ChunkPlan`: either the policy loss's own coefficients (one pass, 6NHV
+FLOPs, the gradient is ready when the forward ends), or coefficients given from outside (the backward
+of `linear_logprobs`, which recomputes the logits: 8NHV), or none (forward only, 2NHV).
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
 from . import _matmul
+from ._chunk_types import ChunkPlan, ChunkResults, Epilogue
 from ._matmul import LmHeadGemms
 from ._runtime import CPU_CHUNK_ALIGN, GPU_CHUNK_ALIGN, chunk_bounds, default_chunk_size, overlap_enabled
-from ._token_math import LossSpec
 from .reference import compute_dtype as promoted_dtype
-
-
-@dataclass
-class ChunkPlan:
-    """What the loop computes, flat over N tokens (all per-token tensors [N])."""
-
-    targets: torch.Tensor
-    inv_temperature: float
-    need_entropy: bool = False                   # compute the entropy (and use it in the gradient)
-    save_lse: bool = False                       # keep the per-token log-sum-exp (for a later gradient pass)
-    spec: LossSpec | None = None                 # the policy loss: coefficients computed per chunk
-    coef: torch.Tensor | None = None             # given dL/dlogp_t
-    entropy_grad: torch.Tensor | None = None     # given dL/dH_t
-    lse: torch.Tensor | None = None              # given log-sum-exp: skip the reductions
-    entropy: torch.Tensor | None = None          # given entropy (with lse)
-
-    @property
-    def has_coefficients(self) -> bool:
-        return self.spec is not None or self.coef is not None
-
-
-@dataclass
-class ChunkResults:
-    logprobs: torch.Tensor                       # [N], 0 where targets == -100
-    entropy: torch.Tensor | None = None          # [N], 0 where targets == -100
-    lse: torch.Tensor | None = None              # [N]
-    grad_hidden: torch.Tensor | None = None      # [N, H], hidden's dtype
-    grad_weight: torch.Tensor | None = None      # [V, H], weight's dtype
-
-
-class Epilogue(Protocol):
-    """The contract of a chunk epilogue, shared by `_epilogue_torch.TorchEpilogue` and
-    `_epilogue_triton.TritonEpilogue`.
-
-    Built once per `run_chunks` call from the `ChunkPlan` (what to compute) and the `ChunkResults`
-    (where the per-token outputs go: `logprobs`, and `entropy` / `lse` when the plan asks for them).
-    Called once per chunk with `buffers` [buffers, rows, V] (buffer 0 holds the chunk's raw fp32 logits
-    z = hidden @ W^T, untempered) and `rows`, the chunk's slice of the N tokens. It writes the chunk's
-    rows of the results and, when `write_grad`, returns d(loss)/d(z) [rows, V] written over buffer 0
-    in place (possibly viewed in a narrower dtype); else None.
-    """
-
-    buffers: int  # [rows, V] workspaces it needs per chunk (the loop allocates them)
-
-    def __call__(self, buffers: torch.Tensor, rows: slice) -> torch.Tensor | None: ...
 
 
 def _make_epilogue(backend: str, plan: ChunkPlan, gemms: LmHeadGemms, results: ChunkResults,

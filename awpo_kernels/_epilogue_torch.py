@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from ._chunked import ChunkPlan, ChunkResults
+from ._chunk_types import ChunkPlan, ChunkResults
+from ._constants import IGNORE_INDEX
 from ._token_math import token_coefficients
-from .reference import IGNORE_INDEX
 
 
 class TorchEpilogue:
-    """The torch chunk epilogue: a `_chunked.Epilogue`, like `_epilogue_triton.TritonEpilogue`."""
+    """The torch chunk epilogue: a `_chunk_types.Epilogue`, like `_epilogue_triton.TritonEpilogue`."""
 
     def __init__(self, plan: ChunkPlan, results: ChunkResults, *, write_grad: bool):
         self.plan = plan

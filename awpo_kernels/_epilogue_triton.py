@@ -14,7 +14,8 @@ owns BLOCK_ROWS rows and walks the vocabulary in BLOCK_V blocks, twice:
 
 Rows whose target is -100 are never read: they get logp = entropy = 0 and d(logits) = 0 (written).
 Hyper-parameters (temperature, eps, delta, beta, entropy_coef) are runtime scalars; constexprs are
-block sizes and flags that change the code (optional inputs, KL type, IS level). The block sizes and
+block sizes and flags that change the code (optional inputs, KL type, IS level); the KL type and the
+source of the coefficients are compared against the named codes of `_kernel_codes`. The block sizes and
 warps can be overridden by environment variables for a sweep (EPILOGUE_ENV). The kernels use only
 pointer arithmetic and masks, so they run on triton 3.6 and 3.9 and under TRITON_INTERPRET=1.
 """
@@ -26,9 +27,19 @@ import torch
 import triton
 import triton.language as tl
 
-from ._chunked import ChunkPlan, ChunkResults
+from ._chunk_types import ChunkPlan, ChunkResults
+from ._kernel_codes import (
+    COEFFICIENTS_GIVEN,
+    COEFFICIENTS_LOSS,
+    COEFFICIENTS_NONE,
+    KL_K1,
+    KL_K2,
+    KL_K3,
+    KL_NONE,
+    KL_TYPE_CODES,
+)
 from ._runtime import triton_interpreting
-from ._token_math import KL_CODES, LossSpec
+from ._token_math import LossSpec
 
 # ----------------------------------------------------------------------------- shared math
 
@@ -75,14 +86,16 @@ def _loss_coefficients(rows, in_range, valid, logp, seq_ids_ptr, agg_ptr, adv_pt
         if HAS_IS_WEIGHTS:
             slope = slope * tl.load(isw_ptr + rows, mask=in_range, other=0.0)
         coef = weight * slope * ratio
-    if KL_TYPE != 0:
+    if KL_TYPE != KL_NONE:
         ref = tl.load(ref_ptr + rows, mask=in_range, other=0.0)
-        if KL_TYPE == 1:
+        if KL_TYPE == KL_K1:
             d_kl = tl.zeros_like(logp) + 1.0
-        elif KL_TYPE == 2:
+        elif KL_TYPE == KL_K2:
             d_kl = logp - ref
-        else:
+        elif KL_TYPE == KL_K3:
             d_kl = 1.0 - tl.exp(ref - logp)
+        else:
+            tl.static_assert(False, "KL_TYPE: not a _kernel_codes.KL_* code")
         coef = coef + weight * beta * d_kl
     coef = tl.where(valid, coef, 0.0)
     entropy_grad = tl.where(valid, -entropy_coef * weight, 0.0)
@@ -158,7 +171,7 @@ def _lm_head_epilogue_kernel(
     SEQUENCE_LEVEL: tl.constexpr, HAS_OLD: tl.constexpr, HAS_DELTA: tl.constexpr, KL_TYPE: tl.constexpr,
     HAS_IS_WEIGHTS: tl.constexpr, NARROW_DZ: tl.constexpr,
 ):
-    """COEFFICIENTS: 0 = forward only, 1 = given (coef_ptr, entropy_grad_ptr), 2 = the policy loss's."""
+    """COEFFICIENTS: a `_kernel_codes.COEFFICIENTS_*` code (forward only, given, or the policy loss's)."""
     local = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     in_range = local < n_rows
     rows = row_start + local
@@ -189,17 +202,19 @@ def _lm_head_epilogue_kernel(
             entropy = tl.where(valid, log_sum - sum_pz / sum_exp, 0.0)
             tl.store(entropy_ptr + rows, entropy, mask=in_range)
 
-    if COEFFICIENTS != 0:
-        if COEFFICIENTS == 1:
+    if COEFFICIENTS != COEFFICIENTS_NONE:
+        if COEFFICIENTS == COEFFICIENTS_GIVEN:
             coef = tl.load(coef_ptr + rows, mask=valid, other=0.0)
             entropy_grad = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
             if ENTROPY_GRAD:
                 entropy_grad = tl.load(entropy_grad_ptr + rows, mask=valid, other=0.0)
-        else:
+        elif COEFFICIENTS == COEFFICIENTS_LOSS:
             coef, entropy_grad = _loss_coefficients(
                 rows, in_range, valid, logp, seq_ids_ptr, agg_ptr, adv_ptr, eps_low_ptr, eps_high_ptr,
                 seq_slope_ptr, old_ptr, ref_ptr, isw_ptr, delta, beta, entropy_coef,
                 SEQUENCE_LEVEL, HAS_OLD, HAS_DELTA, KL_TYPE, HAS_IS_WEIGHTS)
+        else:
+            tl.static_assert(False, "COEFFICIENTS: not a _kernel_codes.COEFFICIENTS_* code")
         dz_rows = dz_ptr + local.to(tl.int64) * dz_stride
         _write_dlogits(z_rows, dz_rows, in_range, valid, safe_targets, lse, entropy, coef, entropy_grad, vocab,
                        inv_temperature, BLOCK_ROWS, BLOCK_V, ENTROPY_GRAD, NARROW_DZ)
@@ -236,14 +251,16 @@ def _loss_arguments(spec: LossSpec | None, placeholder: torch.Tensor):
     if spec is None:
         pointers = [placeholder] * 9
         scalars = [0.0, 0.0, 0.0]
-        flags = dict(SEQUENCE_LEVEL=False, HAS_OLD=False, HAS_DELTA=False, KL_TYPE=0, HAS_IS_WEIGHTS=False)
+        flags = dict(SEQUENCE_LEVEL=False, HAS_OLD=False, HAS_DELTA=False, KL_TYPE=KL_NONE.value,
+                     HAS_IS_WEIGHTS=False)
         return pointers, scalars, flags
     pointers = [spec.seq_ids, spec.agg_weight, spec.advantages, spec.epsilon_low, spec.epsilon_high,
                 tensor(spec.sequence_slope), tensor(spec.old_logprobs), tensor(spec.ref_logprobs),
                 tensor(spec.importance_weights)]
     scalars = [0.0 if spec.delta is None else float(spec.delta), spec.beta, spec.entropy_coef]
     flags = dict(SEQUENCE_LEVEL=spec.sequence_level, HAS_OLD=spec.old_logprobs is not None,
-                 HAS_DELTA=spec.delta is not None, KL_TYPE=KL_CODES[spec.kl_type] if spec.beta != 0.0 else 0,
+                 HAS_DELTA=spec.delta is not None,
+                 KL_TYPE=KL_TYPE_CODES[spec.kl_type] if spec.beta != 0.0 else KL_NONE.value,
                  HAS_IS_WEIGHTS=spec.importance_weights is not None)
     return pointers, scalars, flags
 
@@ -276,29 +293,24 @@ def _block_sizes(vocab: int):
 
 
 class TritonEpilogue:
-    """Launches the epilogue kernel on one chunk: a `_chunked.Epilogue`, like `_epilogue_torch.TorchEpilogue`."""
+    """Launches the epilogue kernel on one chunk: a `_chunk_types.Epilogue`, like the torch one
+    (`_epilogue_torch.TorchEpilogue`)."""
 
     buffers = 1  # the entropy is accumulated online: no second buffer
 
     def __init__(self, plan: ChunkPlan, results: ChunkResults, *, write_grad: bool, dz_dtype: torch.dtype):
         self.plan, self.results, self.write_grad, self.dz_dtype = plan, results, write_grad, dz_dtype
         placeholder = results.logprobs
-        if plan.spec is not None:
-            coefficients = 2
-        elif plan.coef is not None:
-            coefficients = 1
-        else:
-            coefficients = 0
-        if not write_grad:
-            coefficients = 0
-        entropy_grad = (plan.entropy_grad is not None) if coefficients == 1 else (
-            coefficients == 2 and plan.spec.entropy_coef != 0.0)
-        pointers, scalars, flags = _loss_arguments(plan.spec if coefficients == 2 else None, placeholder)
+        own = write_grad and plan.spec is not None                      # the policy loss's coefficients
+        given = write_grad and not own and plan.coef is not None        # coefficients given by the caller
+        coefficients = COEFFICIENTS_LOSS if own else COEFFICIENTS_GIVEN if given else COEFFICIENTS_NONE
+        entropy_grad = (plan.entropy_grad is not None) if given else (own and plan.spec.entropy_coef != 0.0)
+        pointers, scalars, flags = _loss_arguments(plan.spec if own else None, placeholder)
         self.pointers = pointers
         self.scalars = scalars
         self.flags = dict(flags, STATS_GIVEN=plan.lse is not None, SAVE_LSE=plan.save_lse,
                           NEED_ENTROPY=plan.need_entropy or entropy_grad, ENTROPY_GRAD=entropy_grad,
-                          COEFFICIENTS=coefficients)
+                          COEFFICIENTS=coefficients.value)
         if entropy_grad and not plan.need_entropy:
             raise ValueError("an entropy gradient needs the entropy: set need_entropy in the plan")
         self.outputs = [placeholder if t is None else t for t in (

@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ._constants import IGNORE_INDEX
 from .options import LossOptions, check_choice
-from .reference import IGNORE_INDEX
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 

@@ -23,8 +23,6 @@ import torch
 from .options import LossOptions
 from .reference import per_sequence_sum as _per_sequence_sum
 
-KL_CODES = {name: code for code, name in enumerate(LossOptions.KL_TYPES, start=1)}  # 0: no KL term
-
 
 @dataclass
 class LossSpec:

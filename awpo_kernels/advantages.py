@@ -23,12 +23,10 @@ from ._runtime import check_finite, resolve_backend, values_checked
 from .options import AdvantageKeywords, AdvantageOptions, document, resolve_options
 from .outputs import GroupAdvantages
 
-# Kept for callers that read the allowed values here; they are AdvantageOptions'.
+# Aliases of AdvantageOptions' allowed values, still read from here by awpo.integrations.verl.estimators,
+# tests/awpo/test_trl.py and tests/verl_plugin: new code reads AdvantageOptions.ESTIMATORS / .GATES.
 ESTIMATORS = AdvantageOptions.ESTIMATORS
-SCALES = AdvantageOptions.SCALES
 GATES = AdvantageOptions.GATES
-WEIGHTS = AdvantageOptions.WEIGHTS
-CLIPS = AdvantageOptions.CLIPS
 
 
 @document({"options": AdvantageOptions.describe(indent=" " * 12)})

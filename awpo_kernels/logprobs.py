@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from . import reference
-from ._chunked import ChunkPlan, fast_path, lm_head_gemm_dtypes, run_chunks
-from ._runtime import IGNORE_INDEX, check_chunk_size, check_positive, check_token_ids, resolve_backend
+from ._chunk_types import ChunkPlan
+from ._chunked import fast_path, lm_head_gemm_dtypes, run_chunks
+from ._constants import IGNORE_INDEX
+from ._runtime import check_chunk_size, check_positive, check_token_ids, resolve_backend
 from .outputs import LogprobsOutput
 
 

@@ -5,7 +5,8 @@
 section 2). Each class owns, in one place:
 
 - the allowed values of every choice option (class-level tuples such as `LossOptions.LOSS_TYPES`,
-  the same values as the `Literal` types below; the Triton code tables are built from them),
+  the same values as the `Literal` types below; the Triton kernels map each value to a named code
+  in `_kernel_codes`, explicitly, so the order of a `Literal` never matters),
 - the defaults (the reference implementation's keyword defaults read them from here),
 - the validation: building an object with a bad value raises `ValueError` naming the option,
 - the documentation of each option (`describe()`), inserted into the public ops' docstrings.

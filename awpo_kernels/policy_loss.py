@@ -22,12 +22,12 @@ import torch
 
 from . import reference
 from ._autograd import attach_gradients
-from ._chunked import ChunkPlan, fast_path, lm_head_gemm_dtypes, run_chunks
+from ._chunk_types import ChunkPlan
+from ._chunked import fast_path, lm_head_gemm_dtypes, run_chunks
+from ._constants import IGNORE_INDEX
 from ._runtime import (
     BACKENDS,
-    IGNORE_INDEX,
     FlatLayout,
-    check_choice,
     check_chunk_size,
     check_loss_inputs,
     check_shape,
@@ -36,7 +36,7 @@ from ._runtime import (
 )
 from ._token_math import build_loss_spec, sequence_slopes, token_coefficients
 from .logprobs import check_lm_head
-from .options import LossKeywords, LossOptions, document, resolve_options
+from .options import LossKeywords, LossOptions, check_choice, document, resolve_options
 from .outputs import PolicyLossOutput
 
 # Argument documentation shared by the ops (inserted into their docstrings, written once).
@@ -241,4 +241,4 @@ class FusedLinearPolicyLoss(torch.nn.Module):
         return fused_linear_policy_loss(hidden, weight, targets, advantages, options=self.loss_options, **per_call)
 
 
-__all__ = ["fused_linear_policy_loss", "policy_loss", "FusedLinearPolicyLoss", "LossOptions", "IGNORE_INDEX"]
+__all__ = ["fused_linear_policy_loss", "policy_loss", "FusedLinearPolicyLoss"]

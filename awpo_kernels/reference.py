@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from ._constants import IGNORE_INDEX
 from .options import AdvantageOptions, LossOptions, check_choice
 from .outputs import GroupAdvantages, LogprobsOutput, PolicyLossOutput
 
-IGNORE_INDEX = -100  # the target id of positions outside the loss (the one definition; _runtime re-exports it)
 _A, _L = AdvantageOptions, LossOptions  # their class attributes are the defaults
 
 

@@ -150,7 +150,7 @@ def assert_same_results(got, expected, dtype, what=""):
 
 def run_epilogue(device, logits, targets, spec, dz_dtype, temperature=0.9):
     """One TritonEpilogue call on a copy of `logits` -> (dz as fp32 on the CPU, the results)."""
-    from awpo_kernels._chunked import ChunkPlan, ChunkResults
+    from awpo_kernels._chunk_types import ChunkPlan, ChunkResults
     from awpo_kernels._epilogue_triton import TritonEpilogue
 
     rows = logits.shape[0]

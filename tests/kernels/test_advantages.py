@@ -117,6 +117,20 @@ def case_id(case):
     return "-".join(f"{k}={v}" for k, v in case.items())
 
 
+def test_the_reference_cases_cover_every_value_of_every_choice_option():
+    """Each estimator, gate, weight, clip and scale runs on every backend against the reference (a value
+    added to options.py without a case here, and so possibly without a kernel branch, fails this)."""
+    resolved = [ak.AdvantageOptions(**case) for case in CASES]
+    for field, allowed in (("estimator", ak.AdvantageOptions.ESTIMATORS), ("gate", ak.AdvantageOptions.GATES),
+                           ("weight", ak.AdvantageOptions.WEIGHTS), ("clip", ak.AdvantageOptions.CLIPS),
+                           ("scale", ak.AdvantageOptions.SCALES)):
+        assert {getattr(options, field) for options in resolved} == set(allowed), field
+    # every gate and weight also with the estimator that uses both in its advantages (awpo)
+    awpo = [(o.gate, o.weight) for o in resolved if o.estimator == "awpo"]
+    assert {g for g, _ in awpo} == set(ak.AdvantageOptions.GATES)
+    assert {w for _, w in awpo} == set(ak.AdvantageOptions.WEIGHTS)
+
+
 @pytest.mark.parametrize("group_size", GROUP_SIZES)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_matches_reference(adv_backend, case, group_size):
@@ -135,7 +149,7 @@ def test_matches_reference(adv_backend, case, group_size):
     assert_matches_reference(out32, ref32, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("estimator", ("grpo", "awpo", "awpo_mixed", "reward_sum", "gdpo"))
+@pytest.mark.parametrize("estimator", ak.AdvantageOptions.ESTIMATORS)
 @pytest.mark.parametrize("gate", ("soft", "ratio", "none"))
 def test_without_reasoning_matches_reference(adv_backend, estimator, gate):
     outcome, _ = random_batch(9, 5, seed=7, graded=True)

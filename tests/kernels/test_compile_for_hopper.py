@@ -25,6 +25,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from awpo_kernels import _advantages_triton  # noqa: E402
 from awpo_kernels import _epilogue_triton as triton_kernels  # noqa: E402
+from awpo_kernels import _kernel_codes as codes  # noqa: E402
 from benchmarks.profile import EPILOGUE_SWEEP  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
@@ -64,22 +65,27 @@ def resource_usage(compiled) -> dict:
 
 # ----------------------------------------------------------------------------- LM-head epilogue
 
-def epilogue_flags(coefficients=2, stats_given=False, entropy=True, sequence_level=False, has_old=True,
-                   has_delta=False, kl_type=0, is_weights=False, narrow_dz=False):
+NO_KL, GIVEN, FORWARD_ONLY = codes.KL_NONE.value, codes.COEFFICIENTS_GIVEN.value, codes.COEFFICIENTS_NONE.value
+
+
+def epilogue_flags(coefficients=codes.COEFFICIENTS_LOSS.value, stats_given=False, entropy=True, sequence_level=False,
+                   has_old=True, has_delta=False, kl_type=None, is_weights=False, narrow_dz=False):
+    """The epilogue's constexprs; `kl_type` is a LossOptions.kl_type value (None: no KL term)."""
     return dict(BLOCK_ROWS=1, BLOCK_V=4096, STATS_GIVEN=stats_given, SAVE_LSE=not stats_given,
-                NEED_ENTROPY=entropy, ENTROPY_GRAD=entropy and coefficients != 0, COEFFICIENTS=coefficients,
-                SEQUENCE_LEVEL=sequence_level, HAS_OLD=has_old, HAS_DELTA=has_delta, KL_TYPE=kl_type,
-                HAS_IS_WEIGHTS=is_weights, NARROW_DZ=narrow_dz)
+                NEED_ENTROPY=entropy, ENTROPY_GRAD=entropy and coefficients != FORWARD_ONLY,
+                COEFFICIENTS=coefficients, SEQUENCE_LEVEL=sequence_level, HAS_OLD=has_old, HAS_DELTA=has_delta,
+                KL_TYPE=NO_KL if kl_type is None else codes.KL_TYPE_CODES[kl_type], HAS_IS_WEIGHTS=is_weights,
+                NARROW_DZ=narrow_dz)
 
 
 EPILOGUE_VARIANTS = [
-    epilogue_flags(coefficients=0, has_old=False),                        # linear_logprobs forward
-    epilogue_flags(coefficients=0, entropy=False, has_old=False),
-    epilogue_flags(coefficients=1, stats_given=True, has_old=False, narrow_dz=True),  # its backward, bf16
-    epilogue_flags(coefficients=1, stats_given=True, entropy=False, has_old=False),
-    epilogue_flags(narrow_dz=True, kl_type=3, has_delta=True, is_weights=True),       # policy loss, bf16
-    epilogue_flags(kl_type=1, has_old=False, entropy=False),
-    epilogue_flags(kl_type=2, sequence_level=True),
+    epilogue_flags(coefficients=FORWARD_ONLY, has_old=False),                        # linear_logprobs forward
+    epilogue_flags(coefficients=FORWARD_ONLY, entropy=False, has_old=False),
+    epilogue_flags(coefficients=GIVEN, stats_given=True, has_old=False, narrow_dz=True),  # its backward, bf16
+    epilogue_flags(coefficients=GIVEN, stats_given=True, entropy=False, has_old=False),
+    epilogue_flags(narrow_dz=True, kl_type="k3", has_delta=True, is_weights=True),       # policy loss, bf16
+    epilogue_flags(kl_type="k1", has_old=False, entropy=False),
+    epilogue_flags(kl_type="k2", sequence_level=True),
     epilogue_flags(sequence_level=True, stats_given=True, narrow_dz=True),
 ]
 
@@ -101,7 +107,7 @@ def test_narrow_dlogits_wait_for_every_warp_before_storing():
     """bf16 d(logits) overwrite fp32 logits that other warps of the program load: the kernel must put a
     barrier between each block's loads and stores (one more bar.sync than the fp32 build)."""
     kernel = triton_kernels._lm_head_epilogue_kernel
-    flags = epilogue_flags(coefficients=1, stats_given=True, entropy=False, has_old=False)
+    flags = epilogue_flags(coefficients=GIVEN, stats_given=True, entropy=False, has_old=False)
     wide = compile_for_hopper(kernel, flags, num_warps=8, pointers={"dz_ptr": "*bf16"}).asm["ptx"]
     narrow = compile_for_hopper(kernel, dict(flags, NARROW_DZ=True), num_warps=8,
                                 pointers={"dz_ptr": "*bf16"}).asm["ptx"]
@@ -112,17 +118,18 @@ def test_narrow_dlogits_wait_for_every_warp_before_storing():
 def test_epilogue_launch_configurations_of_the_gpu_sweep_compile_for_hopper(block_rows, block_v, warps):
     """`python -m benchmarks.profile --sweep` tries these through the AWPO_KERNELS_EPILOGUE_* variables:
     each must build (spills are allowed here: the sweep measures whether a configuration pays)."""
-    flags = dict(epilogue_flags(narrow_dz=True, kl_type=3), BLOCK_ROWS=block_rows, BLOCK_V=block_v)
+    flags = dict(epilogue_flags(narrow_dz=True, kl_type="k3"), BLOCK_ROWS=block_rows, BLOCK_V=block_v)
     compiled = compile_for_hopper(triton_kernels._lm_head_epilogue_kernel, flags, num_warps=warps,
                                   pointers={"dz_ptr": "*bf16"})
     assert ".target sm_90" in compiled.asm["ptx"] and resource_usage(compiled)["REG"] > 0
 
 
 @pytest.mark.parametrize("level, has_old, has_delta, kl_type, is_weights",
-                         [(False, True, True, 3, True), (True, False, False, 1, False), (False, False, False, 2, False),
-                          (False, True, False, 0, False)])
+                         [(False, True, True, "k3", True), (True, False, False, "k1", False),
+                          (False, False, False, "k2", False), (False, True, False, None, False)])
 def test_policy_coefficients_compile_for_hopper(level, has_old, has_delta, kl_type, is_weights):
-    flags = dict(BLOCK=1024, SEQUENCE_LEVEL=level, HAS_OLD=has_old, HAS_DELTA=has_delta, KL_TYPE=kl_type,
+    kl_code = NO_KL if kl_type is None else codes.KL_TYPE_CODES[kl_type]
+    flags = dict(BLOCK=1024, SEQUENCE_LEVEL=level, HAS_OLD=has_old, HAS_DELTA=has_delta, KL_TYPE=kl_code,
                  HAS_IS_WEIGHTS=is_weights)
     compiled = compile_for_hopper(triton_kernels._policy_coefficients_kernel, flags, num_warps=4)
     assert compiled.asm["cubin"]
@@ -131,15 +138,18 @@ def test_policy_coefficients_compile_for_hopper(level, has_old, has_delta, kl_ty
 # ----------------------------------------------------------------------------- group advantages
 
 ADVANTAGE_VARIANTS = [
-    dict(ESTIMATOR=estimator, GATE=gate, WEIGHT=weight, CLIP_SIGN=clip, SCALE_BY_STD=scale, HAS_REASONING=reasoning)
+    dict(ESTIMATOR=codes.ESTIMATOR_CODES[estimator], GATE=codes.GATE_CODES[gate], WEIGHT=codes.WEIGHT_CODES[weight],
+         CLIP_SIGN=codes.CLIP_CODES[clip], SCALE_BY_STD=codes.SCALE_CODES[scale], HAS_REASONING=reasoning)
     for estimator, gate, weight, clip, scale, reasoning in [
-        (1, 0, 0, True, True, True), (1, 1, 1, False, False, True), (1, 2, 2, True, True, True),
-        (2, 0, 1, False, True, True), (2, 2, 0, False, False, True), (0, 0, 2, False, True, False),
-        (1, 2, 0, True, True, False),
-        # gate "none" (3); reward_sum (3) with and without reasoning, both scales; gdpo (4) likewise
-        (1, 3, 1, True, True, True), (2, 3, 2, False, True, True),
-        (3, 0, 0, False, True, True), (3, 3, 1, False, False, True), (3, 1, 2, False, True, False),
-        (4, 3, 0, False, True, True), (4, 2, 1, False, False, True), (4, 0, 2, False, True, False)]
+        ("awpo", "soft", "linear", "sign", "group", True), ("awpo", "hard", "bernoulli", "none", "none", True),
+        ("awpo", "ratio", "none", "sign", "group", True), ("awpo_mixed", "soft", "bernoulli", "none", "group", True),
+        ("awpo_mixed", "ratio", "linear", "none", "none", True), ("grpo", "soft", "none", "none", "group", False),
+        ("awpo", "ratio", "linear", "sign", "group", False),
+        # gate "none"; reward_sum with and without reasoning, both scales; gdpo likewise
+        ("awpo", "none", "bernoulli", "sign", "group", True), ("awpo_mixed", "none", "none", "none", "group", True),
+        ("reward_sum", "soft", "linear", "none", "group", True), ("reward_sum", "none", "bernoulli", "none", "none", True),
+        ("reward_sum", "hard", "none", "none", "group", False), ("gdpo", "none", "linear", "none", "group", True),
+        ("gdpo", "ratio", "bernoulli", "none", "none", True), ("gdpo", "soft", "none", "none", "group", False)]
 ]
 
 
@@ -155,14 +165,15 @@ def test_group_advantages_compile_for_hopper(flags, block_g, outcome):
 
 def test_every_constexpr_value_is_compiled_somewhere():
     """The variant lists above reach every code path the launchers can select."""
-    for flag, values in {"COEFFICIENTS": {0, 1, 2}, "KL_TYPE": {0, 1, 2, 3}, "NARROW_DZ": {False, True},
+    coefficients = {codes.COEFFICIENTS_NONE.value, codes.COEFFICIENTS_GIVEN.value, codes.COEFFICIENTS_LOSS.value}
+    kl_types = {NO_KL, *codes.KL_TYPE_CODES.values()}
+    for flag, values in {"COEFFICIENTS": coefficients, "KL_TYPE": kl_types, "NARROW_DZ": {False, True},
                          "STATS_GIVEN": {False, True}, "SEQUENCE_LEVEL": {False, True}, "HAS_OLD": {False, True},
                          "HAS_DELTA": {False, True}, "HAS_IS_WEIGHTS": {False, True},
                          "NEED_ENTROPY": {False, True}}.items():
         assert {v[flag] for v in EPILOGUE_VARIANTS} == values, flag
-    codes = {"ESTIMATOR": set(_advantages_triton.ESTIMATOR_CODES.values()),
-             "GATE": set(_advantages_triton.GATE_CODES.values()),
-             "WEIGHT": set(_advantages_triton.WEIGHT_CODES.values()),
-             "CLIP_SIGN": {False, True}, "SCALE_BY_STD": {False, True}, "HAS_REASONING": {False, True}}
-    for flag, values in codes.items():
+    advantage_codes = {"ESTIMATOR": set(codes.ESTIMATOR_CODES.values()), "GATE": set(codes.GATE_CODES.values()),
+                       "WEIGHT": set(codes.WEIGHT_CODES.values()), "CLIP_SIGN": set(codes.CLIP_CODES.values()),
+                       "SCALE_BY_STD": set(codes.SCALE_CODES.values()), "HAS_REASONING": {False, True}}
+    for flag, values in advantage_codes.items():
         assert {v[flag] for v in ADVANTAGE_VARIANTS} == values, flag

@@ -40,6 +40,13 @@ def option_grid():
 GRID = option_grid()
 
 
+def test_the_option_grid_covers_every_value_of_every_choice_option():
+    """Every KL type (the kernels' KL_TYPE codes), loss type and IS level runs against the reference."""
+    assert {e["kl_type"] for e in GRID if e.get("beta")} == set(ak.LossOptions.KL_TYPES)
+    assert {e["loss_type"] for e in GRID} == set(ak.LossOptions.LOSS_TYPES)
+    assert {e["importance_sampling_level"] for e in GRID} == set(ak.LossOptions.IMPORTANCE_SAMPLING_LEVELS)
+
+
 def build_options(kt, case, temperature, old=True, importance_weights=False, per_sequence_eps=False, beta=0.0,
                   **options):
     """Turn a grid entry into the op's keyword arguments (tensors built from the case's data)."""
