@@ -18,9 +18,9 @@ _EXPORTS: dict[str, str] = {
     # tool calls: the completion format, parsing and rendering
     "ToolCall": "toolcall", "ParsedCompletion": "toolcall", "parse_completion": "toolcall",
     "format_tool_calls": "toolcall",
-    # rewards
-    "outcome_reward": "rewards", "validate_ground_truth": "rewards", "Judge": "rewards", "LLMJudge": "rewards",
-    "RuleJudge": "rewards",
+    # rewards and reasoning judges
+    "outcome_reward": "rewards", "validate_ground_truth": "rewards", "Judge": "judges", "LLMJudge": "judges",
+    "RuleJudge": "judges", "ReferenceJudge": "judges", "JudgeOptions": "judges", "build_judge": "judges",
     # data
     "Task": "data", "builtin_tasks": "data", "load_tasks": "data",
     # rollouts

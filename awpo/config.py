@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -172,9 +171,10 @@ class Config:
                                 low=0.0, group="awpo")
     reasoning_coef: float = option(_AWPO.reasoning_coef, "reasoning term coefficient (0: plain GRPO advantages)",
                                    low=0.0, group="awpo")
-    judge: str = option("rule", "reasoning judge: 'rule' (deterministic), 'llm' (a model answers a rubric: "
+    judge: str = option("rule", "reasoning judge: 'rule' (grounded in the request and the offered tools), "
+                        "'reference' (a CONTROL that reads the task's answer), 'llm' (a model answers a rubric: "
                         "judge_model, judge_url, or else the policy itself) or 'none'",
-                        choices=("rule", "llm", "none"), group="awpo")
+                        choices=("rule", "reference", "llm", "none"), group="awpo")
     judge_model: str = option("", "judge llm: local HF model directory of a fixed judge model, run as a second "
                               "vLLM engine in this process (never weight-synced); empty: see judge_url", group="awpo")
     judge_url: str = option("", "judge llm: base URL of an OpenAI-compatible server for the judge (e.g. "
@@ -184,10 +184,14 @@ class Config:
                                    group="awpo")
     judge_api_key_env: str = option("", "judge_url: name of the environment variable holding the server's API "
                                     "key (sent as a Bearer token; empty: no key)", group="awpo")
+    judge_structured_output: bool = option(True, "judge llm: constrain the judge's reply to the JSON verdict where "
+                                           "the backend can (vLLM structured outputs; response_format on a "
+                                           "server, falling back when it refuses)", group="awpo")
     judge_rubric: str = option("", "judge llm: rubric template file with {prompt}, {tools}, {reasoning}, {calls} "
-                               "(empty: the built-in rubric, awpo.rewards.reasoning.RUBRIC)", group="awpo")
+                               "(empty: the built-in rubric, awpo.judges.RUBRIC)", group="awpo")
     judge_max_tokens: int = option(96, "judge llm: reply budget of the judge, in tokens", low=1, group="awpo")
-    judge_timeout_s: float = option(60.0, "judge_url: seconds one request attempt may take", low=0.0,
+    judge_timeout_s: float = option(60.0, "judge_url: total seconds one request attempt may take (connect and "
+                                    "every read together)", low=0.0,
                                     low_open=True, group="awpo")
     judge_max_retries: int = option(2, "judge_url: retries of a failed request (connection errors, timeouts, "
                                     "HTTP 408/429/5xx), 0.5 s, 1 s, 2 s ... apart", low=0, high=10, group="awpo")
@@ -302,6 +306,16 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def judge_options(self):
+        """The reasoning judge's options (awpo.judges.JudgeOptions) from the judge* options."""
+        from .judges import JudgeOptions
+
+        fields = {f.name for f in dataclasses.fields(JudgeOptions)} - {"kind", "missing_reasoning_score", "rollout",
+                                                                       "seed", "policy_max_model_len"}
+        return JudgeOptions(kind=self.judge, missing_reasoning_score=self.missing_reasoning_score,
+                            rollout=self.rollout, seed=self.seed, policy_max_model_len=self.max_model_len,
+                            **{name: getattr(self, f"judge_{name}") for name in fields})
+
 
 def _same_named(options_class: type, config: Config) -> dict:
     """The fields of `options_class` that Config has under the same name (the clip epsilons excepted:
@@ -311,37 +325,14 @@ def _same_named(options_class: type, config: Config) -> dict:
 
 
 def _check_judge_options(config: Config) -> None:
-    """The judge's model comes from one place, and what it names exists (the server is checked when
-    the trainer starts: awpo.judges.factory)."""
-    if config.judge_model and config.judge_url:
-        raise ConfigError(f"judge_model={config.judge_model!r} and judge_url={config.judge_url!r} are both set: "
-                          "choose one (judge_model: a judge engine in this process; judge_url: a judge server)")
-    for name in ("judge_model", "judge_url", "judge_rubric"):
-        if getattr(config, name) and config.judge != "llm":
-            raise ConfigError(f"{name}={getattr(config, name)!r} needs judge='llm' (judge={config.judge!r})")
-    for name in ("judge_model_name", "judge_api_key_env"):
-        if getattr(config, name) and not config.judge_url:
-            raise ConfigError(f"{name}={getattr(config, name)!r} applies to a judge server: set judge_url too")
-    if config.judge_model and not (Path(config.judge_model).expanduser() / "config.json").is_file():
-        raise ConfigError(f"judge_model={config.judge_model!r}: no such model directory (a local HF model "
-                          "directory with config.json)")
-    if config.judge_url:
-        from .judges.http import api_base
+    """The judge's options agree with each other and what they name exists (the server is checked by
+    the trainer's preflight before any model loads: awpo.judges.check_judge)."""
+    from .judges import check_judge
 
-        try:
-            api_base(config.judge_url)
-        except ValueError as err:
-            raise ConfigError(f"judge_url={config.judge_url!r}: {err}") from None
-    if config.judge_api_key_env and not os.environ.get(config.judge_api_key_env):
-        raise ConfigError(f"judge_api_key_env={config.judge_api_key_env!r}: no such environment variable, "
-                          "or it is empty")
-    if config.judge_rubric:
-        from .rewards.reasoning import load_rubric
-
-        try:
-            load_rubric(config.judge_rubric)
-        except ValueError as err:
-            raise ConfigError(f"judge_rubric={config.judge_rubric!r}: {err}") from None
+    try:
+        check_judge(config.judge_options(), connect=False)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .judges.base import JudgeRequest, judge_many
 from .rewards import outcome_reward
-from .rewards.reasoning import JudgeRequest, judge_many
 from .rollout.multiturn import Episode
 
 
@@ -32,7 +32,8 @@ def score_episodes(episodes: Sequence[Episode], *, graded: bool, judge=None) -> 
     outcome = [outcome_of(e, graded=True) for e in episodes] if graded else list(exact)
     reasoning = None
     if judge is not None:
-        requests = [JudgeRequest(_request_text(e.task), e.reasoning, e.calls, e.task.tools) for e in episodes]
+        requests = [JudgeRequest(_request_text(e.task), e.reasoning, e.calls, e.task.tools, e.task.ground_truth)
+                    for e in episodes]
         reasoning = [float(s) for s in judge_many(judge, requests)]
     return EpisodeScores(outcome, exact, reasoning)
 

@@ -83,18 +83,15 @@ def lr_lambda(kind: str, total_steps: int, warmup_steps: int):
     return factor
 
 
-def make_judge(config: Config, engine, tokenizer):
-    """The reasoning judge: None (GRPO, or judge 'none'), the rule judge, or an LLM judge whose model
-    is judge_url's server, judge_model's engine, or else the policy's own engine (awpo.judges)."""
-    if config.estimator == "grpo" or config.judge == "none":
+def make_judge(config: Config, engine, tokenizer, server=None):
+    """The reasoning judge: None (GRPO, or judge 'none'), the grounded rule judge, the reference judge
+    (a control), or an LLM judge whose model is judge_url's server, judge_model's engine, or else the
+    policy's own engine (awpo.judges). ``server``: the preflight's connection to judge_url."""
+    if config.estimator == "grpo":
         return None
-    from .rewards import RuleJudge
+    from .judges import build_judge
 
-    if config.judge == "rule":
-        return RuleJudge(missing_reasoning_score=config.missing_reasoning_score)
-    from .judges import build_llm_judge
-
-    return build_llm_judge(config, engine=engine, tokenizer=tokenizer)
+    return build_judge(config.judge_options(), engine=engine, tokenizer=tokenizer, server=server)
 
 
 def seed_everything(seed: int) -> None:
@@ -135,6 +132,7 @@ class Trainer:
     def __init__(self, config: Config, *, engine=None, train_tasks: list | None = None,
                  eval_tasks: list | None = None, judge=None, score_fn=None):
         self.config = config.validate()
+        self._judge_server = self._preflight_judge(judge)  # before any model loads: seconds, naming the option
         self.output_dir = Path(config.output_dir)
         self.device = resolve_device(config.device)
         self.dtype = getattr(torch, config.dtype)
@@ -172,7 +170,8 @@ class Trainer:
         if self.cpu_threads:
             set_cpu_threads(self.cpu_threads)   # vLLM's start-up may have changed it
         self.engine.sync_weights(self.model)   # an injected engine may hold other weights
-        self.judge = judge if judge is not None else make_judge(config, self.engine, self.tokenizer)
+        self.judge = judge if judge is not None else make_judge(config, self.engine, self.tokenizer,
+                                                                self._judge_server)
         self.score_fn = score_fn
         self.advantage_options = advantage_options(config)
         self.update_options = update_options(config)
@@ -180,6 +179,15 @@ class Trainer:
             ckpt.restore_rng_state(resume_state["rng"])
 
     # ------------------------------------------------------------------------------------------
+    def _preflight_judge(self, injected):
+        """The judge's checks (rubric, judge model, server reachable and serving the model), before any
+        model loads; returns the connected judge server, if any."""
+        if injected is not None or self.config.estimator == "grpo":
+            return None
+        from .judges import check_judge
+
+        return check_judge(self.config.judge_options())
+
     def _claim_output_dir(self, resumed_step: int | None) -> None:
         """A fresh run needs an output_dir without an earlier run's outputs, a resumed run one without
         checkpoints newer than its own (pruning and `--resume latest` would mix the two runs);

@@ -3,7 +3,8 @@ before training with it.
 
     python -m awpo.judge --url http://127.0.0.1:8000/v1 --input completions.jsonl
     python -m awpo.judge --model /path/to/judge-model --input completions.jsonl --output scores.jsonl
-    python -m awpo.judge --rule --input completions.jsonl          # the rule judge, for comparison
+    python -m awpo.judge --rule --input completions.jsonl          # the grounded rule judge
+    python -m awpo.judge --reference --input tasks_with_answers.jsonl   # the reference judge (a control)
 
 The judge is built exactly as the trainer builds it for `--judge llm --judge_model PATH` or
 `--judge llm --judge_url URL` (same options, same start-up checks, same rubric), so what it scores
@@ -13,11 +14,16 @@ here is what training will see. Each input line is a JSON object:
 
 `completion` is the model's raw output (reasoning and calls are parsed from it); `reasoning` (text or
 null) with optional `calls` ([{"name": ..., "arguments": {...}}]) may replace it. The request may be
-`prompt`, `question`, or `messages` (its last user message); `tools` is optional; `id` is copied to
-the output. Each output line: {"line", "id"?, "score" (null = no score), "status", "reply"}, where
-status is scored / cached / missing_reasoning / failed / unreadable. A summary goes to stderr.
+`prompt`, `question`, or `messages` (its last user message); `tools` is optional (a list of function
+docs); `ground_truth` (the task's answer) is read by `--reference` only, which needs it; `id` is
+copied to the output. Each output line: {"line", "id"?, "score" (null = no score), "status", "reply",
+"parts"?}, where status is scored / cached / missing_reasoning / failed / unreadable and `parts` (rule
+judge) holds the four parts of its score. A summary goes to stderr; its counts add up: completions =
+the sum of the statuses, and judge requests = scored + failed + unreadable.
 
-Exit status: 0; 1 when the judge was asked and no request got a score; 2 for bad options or input.
+Exit status: 0; 1 when the judge was asked and no request got a score; 2 for bad options or input
+(a malformed line is named as file:line; an --output that cannot be written is refused before any
+request is sent).
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -42,7 +49,7 @@ METAVARS = {"model": "PATH", "url": "URL", "model_name": "NAME", "api_key_env": 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import Config, field_types
+    from ..config import Config, field_types
 
     parser = argparse.ArgumentParser(
         prog="python -m awpo.judge", allow_abbrev=False,
@@ -50,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "training with --judge llm would, or with the rule judge (--rule).")
     parser.add_argument("--input", required=True, metavar="FILE", help="JSON lines of completions to score")
     parser.add_argument("--output", metavar="FILE", help="where the scores go, one JSON line each (default: stdout)")
-    parser.add_argument("--rule", action="store_true", help="score with the rule judge (no model)")
+    judges = parser.add_mutually_exclusive_group()
+    judges.add_argument("--rule", action="store_true", help="score with the grounded rule judge (no model)")
+    judges.add_argument("--reference", action="store_true",
+                        help="score with the reference judge, a CONTROL that reads each line's ground_truth")
     fields = {f.name: f for f in dataclasses.fields(Config)}
     for flag, name in CLI_OPTIONS.items():
         meta, base = fields[name].metadata, field_types()[name]
@@ -63,34 +73,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(parser: argparse.ArgumentParser, args: dict):
     """The validated Config these options describe; exits with a message naming a bad option."""
-    from .config import ConfigError, from_dict
+    from ..config import ConfigError, from_dict
 
-    rule = args.pop("rule")
+    rule, reference = args.pop("rule"), args.pop("reference")
     args.pop("input"), args.pop("output")
     chosen = [f"--{flag}" for flag in ("model", "url") if args.get(CLI_OPTIONS[flag])]
-    if rule and chosen:
-        parser.error(f"--rule and {' and '.join(chosen)}: choose one judge")
-    if not rule and not chosen:
-        parser.error("choose the judge: --model PATH (a local model), --url URL (a server) or --rule")
+    instant = "--rule" if rule else "--reference" if reference else None
+    if instant and chosen:
+        parser.error(f"{instant} and {' and '.join(chosen)}: choose one judge")
+    if not instant and not chosen:
+        parser.error("choose the judge: --model PATH (a local model), --url URL (a server), --rule or --reference")
+    kind = "rule" if rule else "reference" if reference else "llm"
     try:
-        return from_dict({"judge": "rule" if rule else "llm", **args}).validate()
+        return from_dict({"judge": kind, **args}).validate()
     except ConfigError as err:
         parser.error(str(err))
 
 
 def make_cli_judge(config):
     """The judge the trainer would build for this config (minus the policy: none is loaded here)."""
-    from .rewards.reasoning import RuleJudge
+    from . import build_judge, check_judge
 
-    if config.judge == "rule":
-        return RuleJudge(missing_reasoning_score=config.missing_reasoning_score)
+    options = config.judge_options()
+    server = check_judge(options)
     if config.judge_model:
-        from .train import _quiet_third_party_logs
+        from ..train import _quiet_third_party_logs
 
         _quiet_third_party_logs()
-    from .judges import build_llm_judge
+    return build_judge(options, server=server)
 
-    return build_llm_judge(config)
+
+def check_output(path: str | None) -> None:
+    """ValueError unless ``path`` (if any) can be written: before any request is sent."""
+    if not path:
+        return
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise ValueError(f"--output {path}: is a directory")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"--output {path}: no such directory {parent}")
+    if not os.access(target if target.exists() else parent, os.W_OK):
+        raise ValueError(f"--output {path}: not writable")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,14 +140,16 @@ def read_requests(path: str) -> list[tuple[dict, object]]:
 
 
 def request_of(record) -> object:
-    from .rewards.reasoning import JudgeRequest
-    from .toolcall import ToolCall, parse_completion
+    from ..toolcall import ToolCall, normalize_tools, parse_completion
+    from .base import JudgeRequest
 
     if not isinstance(record, dict):
         raise ValueError("expected a JSON object")
     tools = record.get("tools") or []
-    if not isinstance(tools, list):
-        raise ValueError("'tools' must be a list")
+    try:
+        normalize_tools(tools)
+    except ValueError as err:
+        raise ValueError(f"'tools': {err}") from None
     if "completion" in record:
         if not isinstance(record["completion"], str):
             raise ValueError("'completion' must be a string")
@@ -136,7 +162,10 @@ def request_of(record) -> object:
         calls = [ToolCall(str(c["name"]), dict(c.get("arguments") or {})) for c in record.get("calls") or []]
     else:
         raise ValueError("needs 'completion' (the model's output) or 'reasoning'")
-    return JudgeRequest(_request_text(record), reasoning, calls, tools)
+    truth = record.get("ground_truth")
+    if truth is not None and not isinstance(truth, list):
+        raise ValueError("'ground_truth' must be a list (the task's answer)")
+    return JudgeRequest(_request_text(record), reasoning, calls, tools, truth)
 
 
 def _request_text(record: dict) -> str:
@@ -149,12 +178,24 @@ def _request_text(record: dict) -> str:
     raise ValueError("needs the user's request: 'prompt', 'question' or 'messages'")
 
 
-def output_record(record: dict, verdict) -> dict:
+def output_record(record: dict, verdict, parts: dict | None = None) -> dict:
     out = {"line": record["line"]}
     if "id" in record:
         out["id"] = record["id"]
     out.update(score=None if math.isnan(verdict.score) else verdict.score, status=verdict.status, reply=verdict.reply)
+    if parts is not None:
+        out["parts"] = {name: round(value, 4) for name, value in parts.items()}
     return out
+
+
+def rule_parts(judge, request) -> dict | None:
+    """The rule judge's four parts for a completion it scored (None for other judges)."""
+    from .base import has_reasoning
+    from .rule import RuleJudge
+
+    if not isinstance(judge, RuleJudge) or not has_reasoning(request.reasoning):
+        return None
+    return judge.parts(request.prompt, request.reasoning, request.calls, request.tools)
 
 
 def summary(judge, verdicts: list) -> str:
@@ -174,16 +215,6 @@ def summary(judge, verdicts: list) -> str:
     return "\n".join(lines)
 
 
-def judge_verdicts(judge, requests: list) -> list:
-    """The LLM judge's verdicts (with replies); for the rule judge, its scores as verdicts."""
-    from .rewards.reasoning import Verdict, has_reasoning
-
-    if hasattr(judge, "verdicts"):
-        return judge.verdicts(requests)
-    return [Verdict(score, "scored" if has_reasoning(r.reasoning) else "missing_reasoning")
-            for r, score in zip(requests, judge.score_many(requests))]
-
-
 # ----------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,15 +222,22 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
     input_path, output_path = args["input"], args["output"]
     config = config_from_args(parser, args)
+    from .base import verdicts_of
+
     try:
+        check_output(output_path)
         pairs = read_requests(input_path)
+        if config.judge == "reference":
+            missing = [record["line"] for record, request in pairs if request.ground_truth is None]
+            if missing:
+                raise ValueError(f"{input_path}:{missing[0]}: --reference needs 'ground_truth' on every line")
         judge = make_cli_judge(config)
     except ValueError as err:
         print(f"python -m awpo.judge: error: {err}", file=sys.stderr)
         return 2
-    verdicts = judge_verdicts(judge, [request for _, request in pairs])
-    lines = [json.dumps(output_record(record, verdict), ensure_ascii=False)
-             for (record, _), verdict in zip(pairs, verdicts)]
+    verdicts = verdicts_of(judge, [request for _, request in pairs])
+    lines = [json.dumps(output_record(record, verdict, rule_parts(judge, request)), ensure_ascii=False)
+             for (record, request), verdict in zip(pairs, verdicts)]
     text = "\n".join(lines) + ("\n" if lines else "")
     if output_path:
         Path(output_path).expanduser().write_text(text, encoding="utf-8")

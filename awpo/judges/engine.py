@@ -3,8 +3,20 @@
 ``EngineBackend`` turns any rollout engine (``awpo.rollout``: vLLM or transformers) into the
 ``generate`` of an ``LLMJudge``: each rubric prompt becomes one user turn in the judge model's chat
 template, and the whole batch is one greedy ``engine.generate`` call. A prompt that does not fit
-the judge's context (``max_model_len`` minus the reply budget) gets no reply (NaN) instead of
-failing the batch.
+the judge's context (``max_model_len`` minus ``max_tokens``, the reply budget) gets no reply (NaN)
+instead of failing the batch.
+
+Structured verdicts: where the engine can constrain decoding (``engine.supports_json_schema``: the
+vLLM engine, not transformers' ``generate``), the backend asks for ``VERDICT_SCHEMA``
+(``awpo.judges.verdict``) and every reply is one JSON verdict ``{"reason": ..., "score": N}`` that
+``parse_judge_score`` reads, whatever the model (even a random one): the grammar ends the reply when
+the object closes, so a reply can only be cut by its token budget. That budget is therefore at
+least ``VERDICT_MAX_TOKENS``, the longest verdict the schema allows (a 120-character reason can
+take far more than the default 96 tokens), and a structured call asks for up to that many tokens;
+the context check still reserves only ``max_tokens``, so a long rubric prompt is not refused for a
+reply that a real judge model never writes (vLLM stops a reply at the context's end; a cut verdict is
+unreadable, counted as such). ``structured_output=False`` asks for free text, and the rubric's
+``Score: N/10`` line is read instead. ``structured`` says which one a backend does.
 
 ``open_judge_engine`` starts a second engine for a separate judge model (``--judge_model``). It is
 the trainer's policy engine's sibling, never its replacement: the trainer syncs the policy's weights
@@ -15,22 +27,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from .verdict import VERDICT_MAX_TOKENS, VERDICT_SCHEMA
+
 logger = logging.getLogger(__name__)
 
 
 class EngineBackend:
     """``backend(prompts) -> replies``: one batched call (greedy unless told otherwise), ``None``
-    for prompts too long."""
+    for prompts too long.
+
+    ``structured`` is True when the replies are constrained to ``VERDICT_SCHEMA``: asked for
+    (``structured_output``, the default) and possible (the engine's ``supports_json_schema``).
+    ``reply_tokens`` is the token budget of one reply: ``max_tokens``, raised to
+    ``VERDICT_MAX_TOKENS`` when structured."""
 
     def __init__(self, engine, tokenizer=None, *, max_tokens: int = 96, max_model_len: int | None = None,
-                 temperature: float = 0.0):
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+                 temperature: float = 0.0, structured_output: bool = True):
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
         self.engine = engine
         self.temperature = temperature
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.max_model_len = max_model_len
+        self.structured = bool(structured_output) and getattr(engine, "supports_json_schema", False) is True
+        self.reply_tokens = max(max_tokens, VERDICT_MAX_TOKENS) if self.structured else max_tokens
         self.last_error: str | None = None
 
     def __call__(self, prompts: Sequence[str]) -> list[str | None]:
@@ -42,8 +63,9 @@ class EngineBackend:
                                f"({self.max_model_len} tokens less {self.max_tokens} for the reply)")
         replies: list[str | None] = [None] * len(texts)
         if fits:
+            schema = {"json_schema": VERDICT_SCHEMA} if self.structured else {}
             groups = self.engine.generate([texts[i] for i in fits], n=1, temperature=self.temperature,
-                                          max_tokens=self.max_tokens)
+                                          max_tokens=self.reply_tokens, **schema)
             for index, group in zip(fits, groups):
                 replies[index] = group[0].text
         return replies

@@ -1,14 +1,5 @@
-"""Rewards for tool-use rollouts: the verifiable outcome reward and the reasoning judges."""
+"""The verifiable outcome reward (BFCL semantics). The reasoning judges live in ``awpo.judges``."""
 
 from .outcome import normalize_string, outcome_reward, validate_ground_truth
-from .reasoning import Judge, LLMJudge, RuleJudge, parse_judge_score
 
-__all__ = [
-    "Judge",
-    "LLMJudge",
-    "RuleJudge",
-    "normalize_string",
-    "outcome_reward",
-    "parse_judge_score",
-    "validate_ground_truth",
-]
+__all__ = ["normalize_string", "outcome_reward", "validate_ground_truth"]

@@ -41,10 +41,13 @@ class Completion:
 
 
 class RolloutEngine(Protocol):
+    supports_json_schema: bool  # whether `generate` takes `json_schema` (vLLM: yes; hf: no; absent: no)
+
     def generate(self, prompts: Sequence[Prompt], *, n: int, temperature: float, max_tokens: int,
                  top_p: float = 1.0, stop: list[str] | None = None,
-                 seed: int | None = None) -> list[list[Completion]]:
-        """[prompt][sample] completions; `seed` makes this call's sampling reproducible."""
+                 seed: int | None = None, json_schema: dict | None = None) -> list[list[Completion]]:
+        """[prompt][sample] completions; `seed` makes this call's sampling reproducible; `json_schema`
+        constrains every sample to that JSON schema (ValueError where `supports_json_schema` is False)."""
         ...
 
     def sync_weights(self, model) -> None:

@@ -3,6 +3,9 @@
 It samples from the training model itself, so there is nothing to sync; it is much slower than
 vLLM (no paged KV cache, no continuous batching). The sampled tokens' log-probs come from the
 processed scores (after temperature / top-p), the distribution the tokens were drawn from.
+
+It cannot constrain decoding to a JSON schema (``supports_json_schema = False``): a ``json_schema``
+raises ValueError rather than being ignored, so a caller never takes free text for a constrained reply.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 class HFEngine:
+    supports_json_schema = False
+
     def __init__(self, *, model, tokenizer, seed: int = 0, batch_size: int = 16):
         self.model = model
         self.tokenizer = tokenizer
@@ -29,7 +34,10 @@ class HFEngine:
 
     def generate(self, prompts: Sequence[Prompt], *, n: int, temperature: float, max_tokens: int,
                  top_p: float = 1.0, stop: list[str] | None = None,
-                 seed: int | None = None) -> list[list[Completion]]:
+                 seed: int | None = None, json_schema: dict | None = None) -> list[list[Completion]]:
+        if json_schema is not None:
+            raise ValueError("json_schema: the hf rollout engine cannot constrain decoding to a JSON schema "
+                             "(supports_json_schema is False); use the vllm engine")
         if stop:
             raise ValueError("the hf rollout engine does not support stop strings; use the eos token")
         token_prompts = [self._token_ids(p) for p in prompts]

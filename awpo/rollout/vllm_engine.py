@@ -11,6 +11,14 @@ On CUDA, per-request seeds in `SamplingParams` do the same job.
 
 Log-probs are vLLM's "processed" ones (after temperature / top-p), the distribution the tokens were
 really drawn from, which the trainer's importance-sampling correction needs.
+
+Structured outputs: ``generate(..., json_schema=SCHEMA)`` constrains every sample to a JSON schema
+(vLLM's structured outputs; the engine judge's verdicts, ``awpo.judges.engine``). The engine is
+started with the llguidance backend and compact JSON: xgrammar (vLLM's default) lets raw control
+characters into a string that has a ``maxLength``, which strict JSON parsers reject, and "any
+whitespace" lets a weak model pad a reply with newlines until it runs out of tokens. Both settings
+only apply to requests that ask for a schema. ``supports_json_schema`` is False where llguidance
+cannot read the tokenizer (slow tokenizers).
 """
 from __future__ import annotations
 
@@ -25,7 +33,14 @@ from . import Completion, Prompt
 logger = logging.getLogger(__name__)
 
 
+# engine-wide settings of vLLM's structured outputs (see the module docstring): they only affect
+# requests with a schema
+STRUCTURED_OUTPUTS_CONFIG = {"backend": "guidance", "disable_any_whitespace": True}
+
+
 class VLLMEngine:
+    supports_json_schema = True  # per instance: False when llguidance cannot use the tokenizer
+
     def __init__(self, model_path: str, *, seed: int = 0, dtype: str = "float32", max_model_len: int = 2048,
                  kv_cache_gb: float = 1.0, gpu_memory_utilization: float = 0.3,
                  enforce_eager: bool | None = None):
@@ -38,6 +53,7 @@ class VLLMEngine:
         self.on_cuda = torch.cuda.is_available()
         options = dict(model=model_path, seed=seed, dtype=dtype, max_model_len=max_model_len,
                        logprobs_mode="processed_logprobs", use_tqdm_on_load=False,
+                       structured_outputs_config=dict(STRUCTURED_OUTPUTS_CONFIG),
                        enforce_eager=(not self.on_cuda) if enforce_eager is None else enforce_eager)
         if self.on_cuda:
             options["gpu_memory_utilization"] = gpu_memory_utilization
@@ -47,11 +63,18 @@ class VLLMEngine:
                     options["enforce_eager"])
         self.llm = LLM(**options)
         self.tokenizer = self.llm.get_tokenizer()
+        self.supports_json_schema = _guidance_reads(self.tokenizer)
 
     # ------------------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt], *, n: int, temperature: float, max_tokens: int,
                  top_p: float = 1.0, stop: list[str] | None = None,
-                 seed: int | None = None) -> list[list[Completion]]:
+                 seed: int | None = None, json_schema: dict | None = None) -> list[list[Completion]]:
+        """[prompt][sample] completions. ``json_schema``: every sample is one JSON value of that schema
+        (it ends when the value does; ``max_tokens`` or the context's end can still cut it)."""
+        if json_schema is not None and not isinstance(json_schema, dict):
+            raise ValueError(f"json_schema must be a dict (a JSON schema) or None, got {type(json_schema).__name__}")
+        if json_schema is not None and not self.supports_json_schema:
+            raise ValueError("json_schema: vLLM's structured outputs (llguidance) cannot use this model's tokenizer")
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -59,19 +82,27 @@ class VLLMEngine:
             return []
         self._restore_parallel_groups()
         if temperature == 0.0 and n > 1:  # greedy: vLLM wants n=1, and the n samples are identical
-            first = self.generate(prompts, n=1, temperature=0.0, max_tokens=max_tokens, top_p=top_p, stop=stop)
+            first = self.generate(prompts, n=1, temperature=0.0, max_tokens=max_tokens, top_p=top_p, stop=stop,
+                                  json_schema=json_schema)
             return [samples * n for samples in first]
         inputs = [TokensPrompt(prompt_token_ids=self._token_ids(p)) for p in prompts]
         base = dict(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop, logprobs=0)
+
+        def params(**extra):  # a fresh constraint per SamplingParams: vLLM records its backend in it
+            if json_schema is not None:
+                from vllm.sampling_params import StructuredOutputsParams
+
+                extra["structured_outputs"] = StructuredOutputsParams(json=json_schema)
+            return SamplingParams(**base, **extra)
+
         if seed is not None and self.on_cuda:
-            params = [SamplingParams(**base, seed=seed + i) for i in range(len(prompts))]
-            outputs = self.llm.generate(inputs, params, use_tqdm=False)
+            outputs = self.llm.generate(inputs, [params(seed=seed + i) for i in range(len(prompts))], use_tqdm=False)
         elif seed is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                outputs = self.llm.generate(inputs, SamplingParams(**base), use_tqdm=False)
+                outputs = self.llm.generate(inputs, params(), use_tqdm=False)
         else:
-            outputs = self.llm.generate(inputs, SamplingParams(**base), use_tqdm=False)
+            outputs = self.llm.generate(inputs, params(), use_tqdm=False)
         return [[_completion(sample) for sample in output.outputs] for output in outputs]
 
     def _restore_parallel_groups(self) -> None:
@@ -112,6 +143,18 @@ class VLLMEngine:
         self._restore_parallel_groups()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
+
+
+def _guidance_reads(tokenizer) -> bool:
+    """Whether vLLM's llguidance backend can constrain decoding with this tokenizer."""
+    try:
+        from vllm.v1.structured_output.backend_guidance import GuidanceBackend
+
+        return bool(GuidanceBackend.is_tokenizer_supported(tokenizer))
+    except Exception as err:  # a vLLM without this check: unconstrained replies rather than failing requests
+        logger.warning("cannot tell whether vLLM's llguidance backend reads the tokenizer (%s): no JSON-schema "
+                       "constrained generation in this engine", err)
+        return False
 
 
 def _completion(sample) -> Completion:

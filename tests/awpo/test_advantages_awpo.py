@@ -107,17 +107,22 @@ def test_scored_tool_use_rollouts_to_advantages():
     correct call gets the largest advantage, the junk the smallest."""
     from awpo.bfcl.scripted import first_acceptable_calls
     from awpo.data import builtin_tasks
-    from awpo.rewards import RuleJudge, outcome_reward
+    from awpo.judges import RuleJudge
+    from awpo.rewards import outcome_reward
     from awpo.toolcall import format_tool_calls, parse_completion
 
-    task = next(t for t in builtin_tasks("train", n=20, seed=0) if t.category == "simple")
+    tasks = builtin_tasks("train", n=40, seed=0)
+    task = next(t for t in tasks if t.category == "simple" and len(first_acceptable_calls(t.ground_truth)[0]["arguments"]) >= 2)
     right = first_acceptable_calls(task.ground_truth)[0]
     values = " ".join(str(v) for v in right["arguments"].values())
-    wrong_args = {k: (v + 1 if isinstance(v, (int, float)) else f"{v} maybe") for k, v in right["arguments"].items()}
+    first = next(iter(right["arguments"]))  # one value wrong (invented), the others right
+    value = right["arguments"][first]
+    wrong_args = {**right["arguments"], first: value + 1 if isinstance(value, (int, float)) else f"{value} maybe"}
+    wrong_call = format_tool_calls([{"name": right["name"], "arguments": wrong_args}])
     samples = [
         f"<think>The user wants {right['name']} with {values}.</think>\n" + format_tool_calls([right]),
-        f"<think>Use {right['name']}.</think>\n" + format_tool_calls([{"name": right["name"], "arguments": wrong_args}]),
-        "<think>I am not sure what to do here at all.</think>\n" + format_tool_calls([{"name": right["name"], "arguments": wrong_args}]),
+        f"<think>Use {right['name']}.</think>\n" + wrong_call,
+        f"<think>banana {right['name']} purple elephant quantum</think>\n" + wrong_call,
         "<tool_call>\n{oops}\n</tool_call>",
     ]
     judge = RuleJudge()

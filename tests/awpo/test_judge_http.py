@@ -17,9 +17,9 @@ from test_judge_support import ThinkingEngine, free_port, start_local_server
 
 from awpo.config import Config, ConfigError, parse_args
 from awpo.data import Task
-from awpo.judges import JudgeUnavailableError, OpenAIChatBackend, build_llm_judge
+from awpo.judges import JudgeRequest, JudgeUnavailableError, LLMJudge, OpenAIChatBackend, build_judge
 from awpo.judges.http import api_base
-from awpo.rewards.reasoning import JudgeRequest, LLMJudge
+from awpo.judges.verdict import JSON_REPLY_FORMAT, PLAIN_REPLY_FORMAT
 from awpo.toolcall import ToolCall
 from awpo.trainer import Trainer, make_judge
 
@@ -46,6 +46,11 @@ def server(tmp_path):
         process.kill()
 
 
+def judged(events: list[dict]) -> list[dict]:
+    """The server's events less those of connect()'s response_format probe (its prompt has no item-K)."""
+    return [e for e in events if e["item"] != "?"]
+
+
 def http_judge(url: str, **options) -> LLMJudge:
     backend_options = dict(model="local-judge", timeout_s=5.0, max_retries=1, concurrency=4, backoff_s=0.05)
     backend_options.update(options)
@@ -63,7 +68,7 @@ def test_a_step_is_sent_concurrently_and_each_reply_scores_its_own_completion_lo
     elapsed = time.perf_counter() - started
     assert scores[:30] == pytest.approx([(k % 11) / 10 for k in range(30)])
     assert scores[30] == pytest.approx(0.3) and scores[31] == 0.0  # the duplicate; no reasoning: not asked
-    requests = local.events("request")
+    requests = judged(local.events("request"))
     assert len(requests) == 30 and sorted(e["item"] for e in requests) == sorted(f"item-{k}" for k in range(30))
     assert max(e["inflight"] for e in requests) <= 4  # the concurrency cap
     assert judge.stats.requests == 30 and judge.stats.failed == 0 and judge.stats.unreadable == 0
@@ -72,14 +77,15 @@ def test_a_step_is_sent_concurrently_and_each_reply_scores_its_own_completion_lo
 
 
 def test_a_server_killed_mid_step_gives_nan_for_the_unanswered_requests_local_openai_server(server):
-    local = server("--die-after", "5", "--delay", "0.05")  # SIGKILLs itself after its 5th answer
+    local = server("--die-after", "6", "--delay", "0.05")  # SIGKILLs itself after its 6th answer, the probe's + 5
     judge = http_judge(local.url, concurrency=2, max_retries=2)
+    assert len(local.events("answer")) == 1  # connect()'s response_format probe
     texts = [f"item-{k} grade-6 I call get_weather." for k in range(16)]
     started = time.perf_counter()
     scores = judge.score_many([request(t) for t in texts])
     assert time.perf_counter() - started < 10  # refused connections: retried twice, then NaN
     local.process.wait(timeout=10)
-    answered = {e["item"] for e in local.events("answer")}
+    answered = {e["item"] for e in judged(local.events("answer"))}
     assert 5 <= len(answered) <= 6  # the 5th answer kills it; a concurrent 6th may just get out
     for text, score in zip(texts, scores):
         item = text.split()[0]
@@ -106,7 +112,7 @@ def test_a_hung_request_times_out_while_the_others_are_scored_local_openai_serve
     while [e["item"] for e in local.events("request")].count("item-0") < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [e["item"] for e in local.events("request")].count("item-0") == 2
-    assert judge.stats.failed == 1 and judge.stats.last_error == "timed out"
+    assert judge.stats.failed == 1 and judge.stats.last_error == "deadline of 1 s passed"
 
 
 def test_retries_are_bounded_and_only_for_transient_failures_local_openai_server(server):
@@ -134,14 +140,14 @@ def test_a_reply_without_a_score_is_unreadable_not_failed_local_openai_server(se
 
 def test_start_up_checks_name_the_option(server, monkeypatch):
     dead = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(ConfigError, match=r"judge_url='http://127.0.0.1:\d+': cannot reach"):
+    with pytest.raises(ValueError, match=r"judge_url='http://127.0.0.1:\d+': cannot reach"):
         make_judge(Config(judge="llm", judge_url=dead, judge_timeout_s=2.0).validate(), None, None)
     local = server("--model", "served-judge", "--api-key", "s3cret")
     monkeypatch.setenv("JUDGE_KEY", "wrong")
-    with pytest.raises(ConfigError, match="judge_api_key_env='JUDGE_KEY': .* refused the API key"):
+    with pytest.raises(ValueError, match="judge_api_key_env='JUDGE_KEY': .* refused the API key"):
         make_judge(Config(judge="llm", judge_url=local.url, judge_api_key_env="JUDGE_KEY").validate(), None, None)
     monkeypatch.setenv("JUDGE_KEY", "s3cret")
-    with pytest.raises(ConfigError, match="judge_model_name='other': .* serves served-judge, not 'other'"):
+    with pytest.raises(ValueError, match="judge_model_name='other': .* serves served-judge, not 'other'"):
         make_judge(Config(judge="llm", judge_url=local.url, judge_api_key_env="JUDGE_KEY",
                           judge_model_name="other").validate(), None, None)
     judge = make_judge(Config(judge="llm", judge_url=local.url, judge_api_key_env="JUDGE_KEY").validate(), None, None)
@@ -188,11 +194,13 @@ def test_a_bad_rubric_file_fails_at_start_up_naming_the_option(tmp_path, rubric,
 def test_a_rubric_file_replaces_the_built_in_rubric_local_openai_server(server, tmp_path):
     local = server()
     path = tmp_path / "rubric.txt"
-    path.write_text('Request: {prompt}\nReasoning: {reasoning}\nReply {{"score": N}} with N from 0 to 10.')
-    judge = build_llm_judge(Config(judge="llm", judge_url=local.url, judge_rubric=str(path)).validate())
+    path.write_text('Request: {prompt}\nReasoning: {reasoning}\nGrade it {{fairly}}.')
+    judge = build_judge(Config(judge="llm", judge_url=local.url, judge_rubric=str(path)).validate().judge_options())
     prompt = judge.rubric_prompt(request("item-0 grade-3 my reasoning"))
-    assert prompt == ('Request: Weather in Oslo?\nReasoning: item-0 grade-3 my reasoning\n'
-                      'Reply {"score": N} with N from 0 to 10.')
+    assert prompt.startswith('Request: <request id="') and "\nWeather in Oslo?\n</request id=" in prompt
+    assert "\nReasoning: <reasoning id=" in prompt and "\nitem-0 grade-3 my reasoning\n</reasoning id=" in prompt
+    reply_format = JSON_REPLY_FORMAT if judge.structured else PLAIN_REPLY_FORMAT
+    assert prompt.endswith("\nGrade it {fairly}.\n" + reply_format)  # the reply format, appended
     assert judge.score_many([request("item-0 grade-3 my reasoning")]) == [pytest.approx(0.3)]
 
 
@@ -232,9 +240,10 @@ def test_training_steps_report_the_judge_and_stop_only_when_it_is_gone_local_ope
     local.kill()
     second = trainer.training_step()  # every request refused: NaN scores, the step still completes
     assert second["judge/failed_requests"] == 8 and second["reward/reasoning_valid_fraction"] == 0.0
-    with pytest.raises(JudgeUnavailableError, match=r"reasoning judge \(chat completions at http://127.0.0.1:\d+/v1"
-                                                     r", model local-judge\) gave no score to any of the 16 requests "
-                                                     r"of the last 2 training steps"):
+    with pytest.raises(JudgeUnavailableError,
+                       match=r"reasoning judge \(chat completions at http://127.0.0.1:\d+/v1, model local-judge, "
+                             r"structured verdicts \(response_format\)\) gave no score to any of the 16 requests "
+                             r"of the last 2 training steps"):
         trainer.training_step()
     assert trainer.step == 2  # stopped before the third update
 
@@ -302,3 +311,16 @@ def test_python_m_awpo_judge_reports_bad_input_and_dead_servers(tmp_path, capsys
     dead = f"http://127.0.0.1:{free_port()}/v1"
     assert judge_cli.main(["--url", dead, "--input", good, "--timeout_s", "2"]) == 2
     assert f"judge_url='{dead}': cannot reach" in capsys.readouterr().err
+
+
+def test_the_trainer_checks_the_judge_server_before_any_model_loads(monkeypatch, tmp_path):
+    import awpo.trainer as trainer_module
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the policy was loaded before the judge's preflight")
+
+    monkeypatch.setattr(trainer_module, "load_policy", no_model)
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = Config(judge="llm", judge_url=dead, judge_timeout_s=2.0, output_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"judge_url='http://127.0.0.1:\d+': cannot reach"):
+        Trainer(config)

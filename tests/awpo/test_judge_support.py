@@ -8,8 +8,6 @@
   writes ``<think>``, and a completion without reasoning is never sent to the judge; this double
   prefixes each completion's text with a numbered reasoning block (token ids and log-probs stay the
   engine's own), so that a training step really asks the judge.
-- ``build_taught_judge``: the tiny model, taught in a few seconds to answer prompts of a short rubric
-  with "Score: 7/10", so a judge model in a real engine gives real scores rather than only NaN.
 
 The server answers ``GET /v1/models`` -> ``{"data": [{"id": MODEL}]}`` (404 with ``--no-models``) and
 ``POST /v1/chat/completions`` -> ``{"choices": [{"index": 0, "message": {"role": "assistant",
@@ -204,63 +202,6 @@ class ThinkingEngine:
 
     def sync_weights(self, model) -> None:
         self.engine.sync_weights(model)
-
-
-TAUGHT_REPLY = "Score: 7/10"
-# a short rubric (a --judge_rubric file): short prompts make teaching the tiny judge take seconds
-TAUGHT_RUBRIC = ('Grade the reasoning of a tool-using assistant.\nRequest: {prompt}\nReasoning: {reasoning}\n'
-                 'Calls: {calls}\nReply "Score: N/10".')
-
-
-def build_taught_judge(path: str, *, max_steps: int = 300) -> str:
-    """The tiny model (seed 1) taught to answer ``TAUGHT_RUBRIC`` prompts with ``TAUGHT_REPLY``, and
-    the rubric beside it in ``path/rubric.txt``; returns ``path``. It trains (about 70 steps, a few
-    seconds) until greedy decoding gives the reply on all four teaching prompts."""
-    import torch
-    from tiny_model import build_tiny_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from awpo.rewards.reasoning import JudgeRequest, LLMJudge
-    from awpo.toolcall import ToolCall
-
-    build_tiny_model(path, seed=1)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    judge = LLMJudge(lambda prompts: prompts, rubric=TAUGHT_RUBRIC)
-    weather = [ToolCall("get_weather", {"city": "Oslo"})]
-    requests = [JudgeRequest("Weather in Oslo?", "I call get_weather for Oslo.", weather, []),
-                JudgeRequest("Write a poem", "No tool fits a poem.", [], []),
-                JudgeRequest("Convert 5 dollars to euro", "convert_currency with amount 5 and target EUR, the request "
-                             "gives both", [ToolCall("convert_currency", {"amount": 5})], []),
-                JudgeRequest("Hi", "A greeting; nothing to call.", [], [])]
-    target = tokenizer(TAUGHT_REPLY + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-    prompts = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": judge.rubric_prompt(r)}],
-                                                       tokenize=False, add_generation_prompt=True),
-                         add_special_tokens=False)["input_ids"] for r in requests]
-    width = max(map(len, prompts)) + len(target)
-    inputs = torch.full((len(prompts), width), tokenizer.pad_token_id)
-    labels = torch.full((len(prompts), width), -100)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, ids in enumerate(prompts):
-        inputs[row, :len(ids) + len(target)] = torch.tensor(ids + target)
-        labels[row, len(ids):len(ids) + len(target)] = torch.tensor(target)
-        mask[row, :len(ids) + len(target)] = 1
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(max_steps):
-        out = model(input_ids=inputs, attention_mask=mask, labels=labels)
-        predicted = [out.logits[row, len(ids) - 1:len(ids) - 1 + len(target)].argmax(-1).tolist()
-                     for row, ids in enumerate(prompts)]
-        if out.loss.item() < 0.1 and all(p == target for p in predicted):
-            break
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-    else:
-        raise RuntimeError(f"the tiny judge did not learn its reply (loss {out.loss.item():.3g})")
-    model.save_pretrained(path)
-    with open(os.path.join(path, "rubric.txt"), "w") as file:
-        file.write(TAUGHT_RUBRIC)
-    return path
 
 
 def main(argv=None) -> None:

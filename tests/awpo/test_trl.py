@@ -27,7 +27,7 @@ from awpo.integrations.trl import (
     outcome_reward,
     reasoning_reward,
 )
-from awpo.rewards import LLMJudge
+from awpo.judges import LLMJudge
 from awpo.rewards import outcome_reward as score_outcome
 from awpo.toolcall import format_tool_calls
 

@@ -17,7 +17,8 @@ from verl_helpers import make_batch, score_with_naive_manager
 
 import awpo_kernels as ak
 from awpo.integrations.verl import ESTIMATOR_NAMES, VERL_NAMES, shim
-from awpo.rewards import RuleJudge, outcome_reward
+from awpo.judges import RuleJudge
+from awpo.rewards import outcome_reward
 from awpo.toolcall import parse_completion
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from awpo.batch_advantages import AdvantageOptions
-from awpo.rewards.reasoning import MISSING_REASONING_SCORE, check_missing_reasoning_score
+from awpo.judges.base import MISSING_REASONING_SCORE, check_missing_reasoning_score
 
 # TRL loss types that `awpo_kernels.fused_linear_policy_loss` computes (SPEC section 3, TRL's names).
 FUSED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")

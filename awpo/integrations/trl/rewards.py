@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from awpo.rewards import RuleJudge
+from awpo.judges import MISSING_REASONING_SCORE, JudgeRequest, RuleJudge, check_missing_reasoning_score, judge_many
 from awpo.rewards import outcome_reward as score_outcome
-from awpo.rewards.reasoning import MISSING_REASONING_SCORE, JudgeRequest, check_missing_reasoning_score, judge_many
 from awpo.toolcall import parse_completion
 
 _UNSET = object()
@@ -91,7 +90,7 @@ class ReasoningReward:
     """The judge's score of each completion's reasoning, in [0, 1], NaN = no score.
 
     ``judge``: any object with ``score(prompt, reasoning, calls, tools)`` (``score_many`` batches it), e.g.
-    ``awpo.rewards.LLMJudge``; None: ``RuleJudge(missing_reasoning_score=...)``. A judge you pass applies its own
+    ``awpo.judges.LLMJudge``; None: ``RuleJudge(missing_reasoning_score=...)``. A judge you pass applies its own
     ``missing_reasoning_score``.
     """
 
@@ -110,10 +109,12 @@ class ReasoningReward:
 
     def __call__(self, prompts: Sequence, completions: Sequence, **kwargs: Any) -> list[float]:
         tools = _column(kwargs, "tools", len(completions)) if "tools" in kwargs else [[]] * len(completions)
+        truths = (_column(kwargs, "ground_truth", len(completions)) if "ground_truth" in kwargs
+                  else [None] * len(completions))  # read only by the reference judge (a control)
         requests = []
-        for prompt, completion, tool in zip(prompts, completions, tools):
+        for prompt, completion, tool, truth in zip(prompts, completions, tools, truths):
             parsed = parse_completion(completion_text(completion))
-            requests.append(JudgeRequest(request_text(prompt), parsed.reasoning, parsed.calls, tool or []))
+            requests.append(JudgeRequest(request_text(prompt), parsed.reasoning, parsed.calls, tool or [], truth))
         judge = self.resolved_judge()
         steps = callable(getattr(judge, "new_step", None)) and callable(getattr(judge, "finish_step", None))
         if steps:  # an LLM judge: fresh cache and counts for this generation batch (the policy changed)

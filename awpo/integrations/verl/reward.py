@@ -36,9 +36,15 @@ import inspect
 import json
 import math
 
-from awpo.rewards import LLMJudge, RuleJudge
+from awpo.judges import (
+    MISSING_REASONING_SCORE,
+    JudgeRequest,
+    LLMJudge,
+    RuleJudge,
+    check_missing_reasoning_score,
+    judge_many,
+)
 from awpo.rewards import outcome_reward as score_outcome
-from awpo.rewards.reasoning import MISSING_REASONING_SCORE, check_missing_reasoning_score
 from awpo.toolcall import parse_completion
 
 _JUDGES: dict[tuple, object] = {}  # judges built here, reused across calls (an LLM judge holds a client)
@@ -60,7 +66,8 @@ def compute_score(data_source=None, solution_str: str = "", ground_truth=None, e
     parsed = parse_completion(response_prefix + solution_str)
     outcome = float(score_outcome(parsed, truth, graded=graded, tools=tools))
     chosen = resolve_judge(judge, missing_reasoning_score)
-    reasoning = float(chosen.score(str(extra.get("request") or ""), parsed.reasoning, parsed.calls, tools or []))
+    request = JudgeRequest(str(extra.get("request") or ""), parsed.reasoning, parsed.calls, tools or [], truth)
+    reasoning = float(judge_many(chosen, [request])[0])
     if isinstance(chosen, LLMJudge):
         chosen.clear_cache()  # one call per sample: a cache across steps would only grow
     if not (math.isnan(reasoning) or 0.0 <= reasoning <= 1.0):
