@@ -20,7 +20,7 @@ list, JSON text or decoded) from ``reward_model.ground_truth``, and from ``extra
 
 - ``graded`` (False): partial-credit outcome;
 - ``judge`` (None = ``RuleJudge``): an object with ``score(prompt, reasoning, calls, tools)``
-  (``awpo.rewards.LLMJudge``, ...), a class to instantiate without arguments, or a callable
+  (``awpo.judges.LLMJudge``, ...), a class to instantiate without arguments, or a callable
   ``generate(prompts) -> replies`` that becomes ``LLMJudge(generate)``; or a ``"module:attribute"``
   string naming one of these (the form a YAML config can hold);
 - ``missing_reasoning_score`` (0.0; None = NaN) for the default judge and judges built here;
