@@ -1,5 +1,10 @@
 # The two entry points of the README: `make train` and `make test`.
 PYTHON ?= python3
+# The one Python version the project runs and tests on (pyproject.toml's requires-python, the README).
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+ifneq ($(PYTHON_VERSION),3.11)
+$(error awpo needs Python 3.11, but $(PYTHON) is '$(PYTHON_VERSION)': run make with PYTHON=/path/to/python3.11)
+endif
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SCRATCH ?= $(CURDIR)/.scratch

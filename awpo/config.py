@@ -276,10 +276,6 @@ class Config:
                 raise ConfigError(
                     f"prompts_per_step * num_generations = {self.completions_per_step} must be a multiple of "
                     f"per_device_train_batch_size * gradient_accumulation_steps = {per_update}")
-        for name in ("dataset", "eval_dataset"):
-            value = getattr(self, name)
-            if value not in ("builtin", "none") and not Path(value).expanduser().is_file():
-                raise ConfigError(f"{name}={value!r}: no such file (use 'builtin' or a task file)")
         if self.dataset == "none":
             raise ConfigError("dataset='none': training needs tasks ('builtin' or a task file)")
         unknown = sorted(set(self.category_list) - set(CATEGORIES))
@@ -296,11 +292,6 @@ class Config:
         if self.max_completion_length >= self.max_model_len:
             raise ConfigError(f"max_completion_length={self.max_completion_length} must be smaller than "
                               f"max_model_len={self.max_model_len}")
-        if self.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ConfigError("device='cuda' but no CUDA device is available (use --device cpu or auto)")
         return self
 
     def to_dict(self) -> dict:
@@ -325,12 +316,11 @@ def _same_named(options_class: type, config: Config) -> dict:
 
 
 def _check_judge_options(config: Config) -> None:
-    """The judge's options agree with each other and what they name exists (the server is checked by
-    the trainer's preflight before any model loads: awpo.judges.check_judge)."""
-    from .judges import check_judge
+    """The judge's options agree with each other (what they name is checked by the preflight)."""
+    from .judges import check_judge_options
 
     try:
-        check_judge(config.judge_options(), connect=False)
+        check_judge_options(config.judge_options())
     except ValueError as err:
         raise ConfigError(str(err)) from None
 

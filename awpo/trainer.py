@@ -28,10 +28,11 @@ from .batch_advantages import AdvantageOptions, compute_advantages
 from .bfcl.during_training import bfcl_summary, write_comparison
 from .config import Config
 from .cpu import default_cpu_threads, set_cpu_threads
-from .data.stream import DataStream, load_eval_tasks, load_train_tasks
+from .data.stream import DataStream
 from .metrics import MetricsWriter, plot_metrics
-from .models import load_policy, resolve_model_path
+from .models import load_policy
 from .policy_update import RolloutBatch, UpdateOptions, update_policy
+from .preflight import preflight
 from .rollout import make_engine, vllm_available
 from .rollout.multiturn import Episode, RolloutOptions, run_episodes
 from .scoring import score_episodes
@@ -132,13 +133,15 @@ class Trainer:
     def __init__(self, config: Config, *, engine=None, train_tasks: list | None = None,
                  eval_tasks: list | None = None, judge=None, score_fn=None):
         self.config = config.validate()
-        self._judge_server = self._preflight_judge(judge)  # before any model loads: seconds, naming the option
+        # the world's checks, before any model loads: seconds, each failure naming the option
+        prepared = preflight(config, train_tasks=train_tasks, eval_tasks=eval_tasks, judge=judge is None)
+        self._judge_server = prepared.judge_server
         self.output_dir = Path(config.output_dir)
         self.device = resolve_device(config.device)
         self.dtype = getattr(torch, config.dtype)
         resume_from = ckpt.resolve_resume(config.resume, self.output_dir)
         resume_state = ckpt.load_trainer_state(resume_from) if resume_from else None
-        self.base_model_path = resolve_model_path(config.model)
+        self.base_model_path = prepared.model_path
         self._claim_output_dir(None if resume_state is None else int(resume_state["step"]))
         model_path = str(resume_from) if resume_from else self.base_model_path
         self.start_model_path = model_path  # the weights the "before" evaluations score
@@ -154,8 +157,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(config.lr_scheduler_type, total, warmup))
 
-        self.train_tasks = train_tasks if train_tasks is not None else load_train_tasks(config)
-        self.eval_tasks = eval_tasks if eval_tasks is not None else load_eval_tasks(config)
+        self.train_tasks = prepared.train_tasks
+        self.eval_tasks = prepared.eval_tasks
         if config.eval_only and not self.eval_tasks:
             raise ValueError("eval_only needs held-out tasks: eval_dataset is 'none' or holds no task")
         self.data = DataStream(self.train_tasks, config.seed)
@@ -179,15 +182,6 @@ class Trainer:
             ckpt.restore_rng_state(resume_state["rng"])
 
     # ------------------------------------------------------------------------------------------
-    def _preflight_judge(self, injected):
-        """The judge's checks (rubric, judge model, server reachable and serving the model), before any
-        model loads; returns the connected judge server, if any."""
-        if injected is not None or self.config.estimator == "grpo":
-            return None
-        from .judges import check_judge
-
-        return check_judge(self.config.judge_options())
-
     def _claim_output_dir(self, resumed_step: int | None) -> None:
         """A fresh run needs an output_dir without an earlier run's outputs, a resumed run one without
         checkpoints newer than its own (pruning and `--resume latest` would mix the two runs);

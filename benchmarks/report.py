@@ -91,7 +91,7 @@ def environment(device, matmul_tflops) -> list[str]:
     except ImportError:
         triton_version = "not installed"
     lines = [
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- device: {where}",
         f"- python {platform.python_version()}, torch {torch.__version__}, triton {triton_version}, "
         f"awpo_kernels {awpo_kernels.__version__}, liger-kernel {baselines.liger_version() or 'not installed'}",

@@ -159,7 +159,7 @@ def environment(args) -> list[str]:
 
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else (
         f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
-    return [f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+    return [f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
             f"- device: {where}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
             f"- python {platform.python_version()}, torch {torch.__version__}, trl {trl.__version__}, "
             f"awpo_kernels {awpo_kernels.__version__}",

@@ -22,7 +22,7 @@ from .base import (
     verdicts_of,
 )
 from .engine import EngineBackend, open_judge_engine
-from .factory import KINDS, JudgeOptions, build_judge, check_judge
+from .factory import KINDS, JudgeOptions, build_judge, check_judge, check_judge_options
 from .health import FailureWatch, JudgeStats, JudgeUnavailableError
 from .http import OpenAIChatBackend
 from .llm import LLMJudge
@@ -34,7 +34,8 @@ from .verdict import VERDICT_SCHEMA, parse_judge_score
 __all__ = [
     "KINDS", "MISSING_REASONING_SCORE", "RUBRIC", "VERDICT_SCHEMA", "EngineBackend", "FailureWatch", "Judge",
     "JudgeOptions", "JudgeRequest", "JudgeStats", "JudgeUnavailableError", "LLMJudge", "OpenAIChatBackend",
-    "ReferenceJudge", "RuleJudge", "Verdict", "build_judge", "check_judge", "check_missing_reasoning_score",
+    "ReferenceJudge", "RuleJudge", "Verdict", "build_judge", "check_judge", "check_judge_options",
+    "check_missing_reasoning_score",
     "check_rubric", "has_reasoning", "judge_many", "load_rubric", "open_judge_engine", "parse_judge_score",
     "verdicts_of",
 ]

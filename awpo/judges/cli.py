@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(parser: argparse.ArgumentParser, args: dict):
     """The validated Config these options describe; exits with a message naming a bad option."""
     from ..config import ConfigError, from_dict
+    from . import check_judge
 
     rule, reference = args.pop("rule"), args.pop("reference")
     args.pop("input"), args.pop("output")
@@ -85,8 +86,10 @@ def config_from_args(parser: argparse.ArgumentParser, args: dict):
         parser.error("choose the judge: --model PATH (a local model), --url URL (a server), --rule or --reference")
     kind = "rule" if rule else "reference" if reference else "llm"
     try:
-        return from_dict({"judge": kind, **args}).validate()
-    except ConfigError as err:
+        config = from_dict({"judge": kind, **args}).validate()
+        check_judge(config.judge_options(), connect=False)  # its files and variables; the server: later
+        return config
+    except (ConfigError, ValueError) as err:
         parser.error(str(err))
 
 

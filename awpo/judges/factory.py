@@ -10,8 +10,9 @@ from its ``judge*`` options, and error messages use those option names). ``kind`
   trains, and a policy that grades itself can learn to please itself: for checks only);
 - ``none``: no reasoning score (GRPO).
 
-``check_judge(options)`` is the preflight: the rubric file, the judge model's directory, the URL,
-the API key variable, and for a server, that it answers, serves the model and takes the key. It
+``check_judge_options(options)`` checks that the options agree (``Config.validate`` runs it);
+``check_judge(options)`` is the preflight: those, the rubric file, the judge model's directory, the
+API key variable, and for a server, that it answers, serves the model and takes the key. It
 takes seconds and raises ValueError naming the option. ``build_judge`` makes the judge; it reuses the
 server connection of the preflight when given one.
 """
@@ -58,9 +59,9 @@ class JudgeOptions:
     policy_max_model_len: int = 2048  # the policy engine's context, when the policy judges
 
 
-def check_judge(options: JudgeOptions, *, connect: bool = True) -> OpenAIChatBackend | None:
-    """The preflight (module docstring); returns the connected server backend for ``judge_url``
-    (``connect=False``: every check but the server's, e.g. for validating a configuration)."""
+def check_judge_options(options: JudgeOptions) -> None:
+    """The options agree with each other (no file, variable or server is looked at): ValueError naming
+    the option."""
     if options.kind not in KINDS:
         raise ValueError(f"judge={options.kind!r}: choose one of {', '.join(KINDS)}")
     for name in ("model", "url", "rubric"):
@@ -69,11 +70,22 @@ def check_judge(options: JudgeOptions, *, connect: bool = True) -> OpenAIChatBac
     for name in ("model_name", "api_key_env"):
         if getattr(options, name) and not options.url:
             raise ValueError(f"judge_{name}={getattr(options, name)!r} applies to a judge server: set judge_url too")
-    if options.kind != "llm":
-        return None
     if options.model and options.url:
         raise ValueError(f"judge_model={options.model!r} and judge_url={options.url!r} are both set: choose one "
                          "(judge_model: a judge engine in this process; judge_url: a judge server)")
+    if options.url:
+        try:
+            api_base(options.url)
+        except ValueError as err:
+            raise ValueError(f"judge_url={options.url!r}: {err}") from None
+
+
+def check_judge(options: JudgeOptions, *, connect: bool = True) -> OpenAIChatBackend | None:
+    """The preflight (module docstring): the options, the rubric file, the judge model's directory,
+    the API key variable and (``connect``) the server; returns the connected server backend."""
+    check_judge_options(options)
+    if options.kind != "llm":
+        return None
     if options.rubric:
         try:
             load_rubric(options.rubric)
@@ -82,16 +94,10 @@ def check_judge(options: JudgeOptions, *, connect: bool = True) -> OpenAIChatBac
     if options.model and not (Path(options.model).expanduser() / "config.json").is_file():
         raise ValueError(f"judge_model={options.model!r}: no such model directory (a local HF model directory "
                          "with config.json)")
-    if options.url:
-        try:
-            api_base(options.url)
-        except ValueError as err:
-            raise ValueError(f"judge_url={options.url!r}: {err}") from None
-        if options.api_key_env and not os.environ.get(options.api_key_env):
-            raise ValueError(f"judge_api_key_env={options.api_key_env!r}: no such environment variable, or it is "
-                             "empty (export it before starting)")
-        return connect_server(options) if connect else None
-    return None
+    if options.api_key_env and not os.environ.get(options.api_key_env):
+        raise ValueError(f"judge_api_key_env={options.api_key_env!r}: no such environment variable, or it is "
+                         "empty (export it before starting)")
+    return connect_server(options) if options.url and connect else None
 
 
 def connect_server(options: JudgeOptions) -> OpenAIChatBackend:

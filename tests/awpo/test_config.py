@@ -49,8 +49,6 @@ def test_yaml_then_command_line_override(tmp_path):
       "--gradient_accumulation_steps", "2"], "must be a multiple of"),
     (["--max_completion_length", "4096", "--max_model_len", "2048"], "must be smaller than max_model_len"),
     (["--no_such_option", "1"], "unrecognized arguments"),
-    (["--dataset", "/no/such/tasks.jsonl"], "dataset='/no/such/tasks.jsonl': no such file"),
-    (["--eval_dataset", "missing.parquet"], "eval_dataset='missing.parquet': no such file"),
     (["--categories", "simple,bogus"], "categories='simple,bogus': unknown ['bogus']"),
     (["--epsilon", "0"], "epsilon=0.0: must be > 0.0"),          # a zero clip would fail only after loading
     (["--epsilon_high", "0"], "epsilon_high=0.0: must be > 0.0"),
@@ -63,6 +61,51 @@ def test_bad_values_fail_at_start_up_naming_the_option(argv, message, capsys):
         parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "/no/such/tasks.jsonl"], "dataset='/no/such/tasks.jsonl': no such file"),
+    (["--eval_dataset", "missing.parquet"], "eval_dataset='missing.parquet': no such file"),
+    (["--model", "/no/such/model"], "--model '/no/such/model': no such model directory"),
+    (["--judge", "llm", "--judge_model", "/no/such/model"], "judge_model='/no/such/model': no such model directory"),
+    (["--judge", "llm", "--judge_rubric", "/no/rubric.txt"], "judge_rubric='/no/rubric.txt': cannot read"),
+    (["--judge", "llm", "--judge_url", "http://h:1", "--judge_api_key_env", "AWPO_NO_SUCH_VAR"],
+     "judge_api_key_env='AWPO_NO_SUCH_VAR': no such environment variable"),
+])
+def test_the_preflight_checks_what_options_point_at_naming_the_option(argv, message, tmp_path):
+    from awpo.preflight import preflight
+
+    config = parse_args(argv + ["--output_dir", str(tmp_path / "run")])  # the options themselves are fine
+    with pytest.raises(ConfigError) as err:
+        preflight(config)
+    assert message in str(err.value)
+
+
+def test_the_preflight_reports_a_malformed_dataset_and_an_output_dir_that_is_a_file(tmp_path):
+    from awpo.preflight import preflight
+
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": "a", "question": "hi", "tools": [], "ground_truth": []}\n{not json\n')
+    with pytest.raises(ConfigError, match=r"dataset='.*tasks.jsonl': .*tasks.jsonl:2"):
+        preflight(Config(dataset=str(tasks), output_dir=str(tmp_path / "run")).validate())
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    with pytest.raises(ConfigError, match="output_dir=.*: is a file, not a directory"):
+        preflight(Config(output_dir=str(taken)).validate())
+
+
+def test_train_reports_preflight_failures_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    import awpo.trainer as trainer_module
+    from awpo.train import main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the policy was loaded before the preflight")
+
+    monkeypatch.setattr(trainer_module, "load_policy", no_model)
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    assert main(["--output_dir", str(taken)]) == 2
+    assert "error: output_dir=" in capsys.readouterr().err
 
 
 def test_bad_yaml_files_fail_clearly(tmp_path):

@@ -70,7 +70,9 @@ def test_a_step_is_sent_concurrently_and_each_reply_scores_its_own_completion_lo
     assert scores[30] == pytest.approx(0.3) and scores[31] == 0.0  # the duplicate; no reasoning: not asked
     requests = judged(local.events("request"))
     assert len(requests) == 30 and sorted(e["item"] for e in requests) == sorted(f"item-{k}" for k in range(30))
-    assert max(e["inflight"] for e in requests) <= 4  # the concurrency cap
+    # the concurrency cap; the server counts a request in flight until after it has sent the answer, so one
+    # that the client has already read (the start-up probe, or a finished request) may still be counted
+    assert max(e["inflight"] for e in requests) <= 4 + 1
     assert judge.stats.requests == 30 and judge.stats.failed == 0 and judge.stats.unreadable == 0
     assert 0 < judge.stats.latency_s <= elapsed
     assert judge.finish_step()["judge/requests"] == 30
@@ -158,15 +160,11 @@ def test_start_up_checks_name_the_option(server, monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["--judge", "llm", "--judge_model", "/no/such/model", "--judge_url", "http://127.0.0.1:8000/v1"],
      "judge_model='/no/such/model' and judge_url='http://127.0.0.1:8000/v1' are both set"),
-    (["--judge", "llm", "--judge_model", "/no/such/model"], "judge_model='/no/such/model': no such model directory"),
     (["--judge", "llm", "--judge_url", "127.0.0.1:8000"],
      "judge_url='127.0.0.1:8000': '127.0.0.1:8000' is not an http"),
     (["--judge", "rule", "--judge_url", "http://127.0.0.1:8000"],
      "judge_url='http://127.0.0.1:8000' needs judge='llm'"),
     (["--judge", "llm", "--judge_model_name", "m"], "judge_model_name='m' applies to a judge server"),
-    (["--judge", "llm", "--judge_url", "http://h:1", "--judge_api_key_env", "AWPO_NO_SUCH_VAR"],
-     "judge_api_key_env='AWPO_NO_SUCH_VAR': no such environment variable"),
-    (["--judge", "llm", "--judge_rubric", "/no/rubric.txt"], "judge_rubric='/no/rubric.txt': cannot read"),
     (["--judge_timeout_s", "0"], "judge_timeout_s=0.0: must be > 0.0"),
     (["--judge_concurrency", "0"], "judge_concurrency=0: must be >= 1"),
     (["--judge_max_retries", "-1"], "judge_max_retries=-1: must be >= 0"),
@@ -186,8 +184,10 @@ def test_bad_judge_options_fail_at_start_up_naming_the_option(argv, message, cap
 def test_a_bad_rubric_file_fails_at_start_up_naming_the_option(tmp_path, rubric, message):
     path = tmp_path / "rubric.txt"
     path.write_text(rubric)
+    from awpo.preflight import check_judge
+
     with pytest.raises(ConfigError, match="judge_rubric=") as err:
-        Config(judge="llm", judge_rubric=str(path)).validate()
+        check_judge(Config(judge="llm", judge_rubric=str(path)).validate())
     assert message in str(err.value)
 
 

@@ -318,7 +318,7 @@ def test_data_stream_is_a_seeded_permutation_per_epoch():
 def test_bad_config_fails_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="num_generations=1"):
         Trainer(config_for(tmp_path, num_generations=1))
-    with pytest.raises(FileNotFoundError, match="--model"):
+    with pytest.raises(ConfigError, match="--model"):  # the preflight, before any model loads
         Trainer(config_for(tmp_path, model=str(tmp_path / "missing-model")))
     with pytest.raises(FileNotFoundError, match="--resume latest: no checkpoint"):
         Trainer(config_for(tmp_path, resume="latest"))

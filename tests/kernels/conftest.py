@@ -29,6 +29,10 @@ TORCH = pytest.param(("torch", "cpu"), id="torch")
 TRITON_INTERP = pytest.param(("triton", "cpu"), id="triton_interp")
 TRITON_CUDA = pytest.param(("triton", "cuda"), id="triton_cuda", marks=_NO_GPU)
 TORCH_CUDA = pytest.param(("torch", "cuda"), id="torch_cuda", marks=_NO_GPU)
+# CUDA variants exist only where they can run: on a CPU machine they are not generated at all
+# (rather than collected and skipped by the hundred).
+GPU = HAS_CUDA and not INTERPRETING
+ON_GPU = [TRITON_CUDA, TORCH_CUDA] if GPU else []
 
 
 # A test of a module that sets PARAMETRIZE_LM_BACKENDS = True asks for one of these names and gets one
@@ -37,9 +41,9 @@ TORCH_CUDA = pytest.param(("torch", "cuda"), id="torch_cuda", marks=_NO_GPU)
 #   grid_backend     every backend but the interpreter (big option grids: the interpreter is ~100x slower);
 #   triton_backend   the Triton kernels only.
 BACKEND_PARAMS = {
-    "backend": [TORCH] + ([TRITON_INTERP] if INTERPRETING else []) + [TRITON_CUDA, TORCH_CUDA],
-    "grid_backend": [TORCH, TRITON_CUDA, TORCH_CUDA],
-    "triton_backend": ([TRITON_INTERP] if INTERPRETING else []) + [TRITON_CUDA],
+    "backend": [TORCH] + ([TRITON_INTERP] if INTERPRETING else []) + ON_GPU,
+    "grid_backend": [TORCH] + ON_GPU,
+    "triton_backend": ([TRITON_INTERP] if INTERPRETING else []) + ([TRITON_CUDA] if GPU else []),
 }
 
 
