@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .batch_advantages import AdvantageOptions, compute_advantages
+from .batch_advantages import compute_advantages
 from .bfcl.during_training import bfcl_summary, write_comparison
 from .config import Config
 from .cpu import default_cpu_threads, set_cpu_threads
@@ -51,11 +51,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def advantage_options(config: Config) -> AdvantageOptions:
-    """`config.advantage_options()` (kept as a function for callers of the trainer module)."""
-    return config.advantage_options()
 
 
 def update_options(config: Config) -> UpdateOptions:
@@ -176,7 +171,7 @@ class Trainer:
         self.judge = judge if judge is not None else make_judge(config, self.engine, self.tokenizer,
                                                                 self._judge_server)
         self.score_fn = score_fn
-        self.advantage_options = advantage_options(config)
+        self.advantage_options = config.advantage_options()
         self.update_options = update_options(config)
         if resume_state is not None:  # last: starting vLLM reseeds the python / numpy / torch generators
             ckpt.restore_rng_state(resume_state["rng"])

@@ -22,14 +22,6 @@ def trl_available() -> bool:
     return importlib.util.find_spec("trl") is not None
 
 
-def trl_version() -> str | None:
-    if not trl_available():
-        return None
-    from importlib.metadata import version
-
-    return version("trl")
-
-
 def trl_fused_logprobs(hidden, weight, targets, temperature=1.0):
     """[B, T] log-probs (0 where ignored) from TRL's chunked fused LM head, as its patched forward calls it.
 

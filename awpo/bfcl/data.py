@@ -32,11 +32,6 @@ def is_multi_turn(category: str) -> bool:
     return category in MULTI_TURN_CATEGORIES
 
 
-def expects_no_call(category: str) -> bool:
-    """Irrelevance categories: the correct answer is no function call at all."""
-    return category.endswith("irrelevance")
-
-
 def resolve_categories(names) -> list[str]:
     """Category names and group shorthands -> the list of categories, in order, without repeats."""
     if isinstance(names, str):

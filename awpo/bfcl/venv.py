@@ -51,10 +51,6 @@ def default_venv_dir() -> Path:
     return RECIPE.default_dir()
 
 
-def venv_python(venv_dir: Path) -> Path:
-    return RECIPE.python(venv_dir)
-
-
 def requirements_hash() -> str:
     return RECIPE.requirements_hash()
 
