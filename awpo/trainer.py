@@ -370,7 +370,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def evaluate(self, tasks: list) -> dict:
-        """Exact accuracy on `tasks` (greedy by default), overall and per category."""
+        """Exact accuracy on `tasks` (greedy by default), overall and per category; per task its scores and
+        the model's completions (each sample's assistant turns)."""
         config = self.config
         n = 1 if config.eval_temperature == 0 else config.eval_num_generations
         started = time.perf_counter()
@@ -386,9 +387,10 @@ class Trainer:
         per_task: dict[str, dict] = {}
         for episode, e, g in zip(episodes, exact, graded):
             record = per_task.setdefault(episode.task.id, {"id": episode.task.id, "category": episode.task.category,
-                                                           "exact": 0.0, "graded": 0.0})
+                                                           "exact": 0.0, "graded": 0.0, "completions": []})
             record["exact"] += e / n
             record["graded"] += g / n
+            record["completions"].append("\n".join(episode.turns))  # the model's text, kept for later reading
         return {"accuracy": float(np.mean(exact)), "graded": float(np.mean(graded)),
                 "num_tasks": len(tasks), "samples_per_task": n,
                 "by_category": {k: float(np.mean(v)) for k, v in sorted(by_category.items())},

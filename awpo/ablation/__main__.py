@@ -9,6 +9,12 @@ FILE` reads the same settings from YAML (`variants`, `seeds`, `output_dir`, `par
 `eval_tasks`, `title`, and `train:` a mapping of training options); command-line options win.
 Stopping is safe: run it again with the same options and finished runs are reused, interrupted ones
 resume from their last checkpoint.
+
+    python -m awpo.ablation --report --output_dir results/evidence-2
+
+writes the pre-registered evidence report of docs/EVIDENCE.md (`evidence.md`, `evidence.json`,
+`evidence.png`: the futility look, the one-sided paired t-test, the control, the secondary metrics)
+from the finished runs of the arms grpo, awpo and awpo:judge=reference in that directory.
 """
 from __future__ import annotations
 
@@ -33,13 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m awpo.ablation", allow_abbrev=False,
         usage="%(prog)s [--variants V,...] [--seeds S,...] [--output_dir DIR] [--parallel K] [--config FILE] "
-              "[--dry_run] [--report_only] [-- TRAIN OPTIONS]",
+              "[--dry_run] [--report_only] [--report] [-- TRAIN OPTIONS]",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     parser.add_argument("--config", metavar="FILE", help="YAML with the options below and train: {option: value}")
-    parser.add_argument("--variants", help="comma-separated estimator[:option=value[+option=value]], e.g. "
-                        "grpo,reward_sum,gdpo,awpo,awpo:gate=none,awpo:weight=none,awpo:clip=none "
+    parser.add_argument("--variants", help="comma-separated estimator[:option=value[+option=value]][@seeds], e.g. "
+                        "grpo,reward_sum,gdpo,awpo,awpo:gate=none,awpo:weight=none,awpo:clip=none; "
+                        "awpo:judge=reference@0-7 runs only seeds 0-7 of --seeds "
                         f"(default: {DEFAULTS['variants']})")
-    parser.add_argument("--seeds", help=f"comma-separated seeds (default: {DEFAULTS['seeds']})")
+    parser.add_argument("--seeds", help=f"comma-separated seeds or ranges, e.g. 0,1,2 or 0-15 "
+                        f"(default: {DEFAULTS['seeds']})")
     parser.add_argument("--output_dir", help=f"the grid's directory (default: {DEFAULTS['output_dir']})")
     parser.add_argument("--parallel", type=int, help="runs at once; the usable cores are divided among them "
                         "(default: 1, one after another with every core)")
@@ -53,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry_run", action="store_true", help="validate every run's options, print the commands, stop")
     parser.add_argument("--report_only", action="store_true",
                         help="write the report from the finished runs, start none")
+    parser.add_argument("--report", action="store_true",
+                        help="write the pre-registered evidence report (docs/EVIDENCE.md) of --output_dir's "
+                             "finished grpo, awpo and awpo:judge=reference runs: evidence.md, .json, .png; "
+                             "start none")
     return parser
 
 
@@ -213,6 +225,20 @@ def report(settings: dict, runs: list[grid.Run], argv: list[str], threads: int) 
     return write_report(Path(settings["output_dir"]), base, by_variant, meta)
 
 
+def evidence_report(settings: dict, argv: list[str]) -> int:
+    from .evidence_report import write_evidence
+
+    try:
+        paths = write_evidence(Path(settings["output_dir"]),
+                               command="python -m awpo.ablation " + " ".join(shlex.quote(a) for a in argv))
+    except ValueError as err:
+        print(f"python -m awpo.ablation --report: error: {err}", file=sys.stderr)
+        return 2
+    print(Path(paths["md"]).read_text())
+    print("report: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from ..train import _quiet_third_party_logs
@@ -220,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_third_party_logs()
     try:
         settings, train_args = parse(argv)
+        if settings.get("report"):
+            return evidence_report(settings, argv)
         parallel = int(settings["parallel"])
         if parallel < 1:
             raise ConfigError(f"--parallel {parallel}: must be >= 1")

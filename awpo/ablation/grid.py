@@ -36,11 +36,14 @@ NOT_IDENTITY = ("output_dir", "resume", "cpu_threads", "overwrite_output_dir", "
 
 @dataclass(frozen=True)
 class Variant:
-    """`estimator[:option=value[+option=value...]]`, e.g. `awpo:gate=none` or `awpo:weight=none+clip=none`."""
+    """`estimator[:option=value[+option=value...]][@seeds]`, e.g. `awpo:gate=none`,
+    `awpo:weight=none+clip=none` or `awpo:judge=reference@0-7` (only seeds 0-7 of the grid's seeds:
+    a control that needs fewer seeds than the arms it controls). The label leaves out `@seeds`."""
 
     label: str
     estimator: str
     options: tuple[tuple[str, str], ...] = ()
+    seeds: tuple[int, ...] | None = None   # None: every seed of the grid
 
     @property
     def dirname(self) -> str:
@@ -54,6 +57,7 @@ class Variant:
 
 
 def parse_variant(text: str) -> Variant:
+    text, at, seeds_text = text.strip().partition("@")
     text = text.strip()
     estimator, _, rest = text.partition(":")
     if not estimator:
@@ -67,7 +71,13 @@ def parse_variant(text: str) -> Variant:
         if name in RESERVED:
             raise ConfigError(f"--variants {text!r}: {name} is set by the harness per run")
         options.append((name, value.strip()))
-    return Variant(text, estimator.strip(), tuple(options))
+    seeds = None
+    if at:
+        try:
+            seeds = tuple(_seed_items(seeds_text, "+"))
+        except ConfigError:
+            raise ConfigError(f"--variants {text}@{seeds_text}: expected seeds after '@' like 0-7 or 0+2+5") from None
+    return Variant(text, estimator.strip(), tuple(options), seeds)
 
 
 def parse_variants(text: str) -> list[Variant]:
@@ -80,14 +90,36 @@ def parse_variants(text: str) -> list[Variant]:
     return variants
 
 
-def parse_seeds(text: str) -> list[int]:
+def _seed_items(text: str, separator: str) -> list[int]:
+    """Integers and inclusive ranges `a-b` joined by `separator`, in the order given; ConfigError when
+    the text is not that, is empty or repeats a seed."""
+    seeds = []
     try:
-        seeds = [int(part) for part in str(text).split(",") if part.strip()]
+        for part in str(text).split(separator):
+            part = part.strip()
+            if not part:
+                continue
+            first, dash, last = part.partition("-")
+            if dash and first.strip():
+                low, high = int(first), int(last)
+                if high < low:
+                    raise ValueError(part)
+                seeds += range(low, high + 1)
+            else:
+                seeds.append(int(part))
     except ValueError:
-        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+        raise ConfigError(str(text)) from None
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds {text!r}: give distinct integers, e.g. 0,1,2")
+        raise ConfigError(str(text))
     return seeds
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Comma-separated seeds and inclusive ranges: `0,1,2`, `0-15`, `0-3,8`."""
+    try:
+        return _seed_items(text, ",")
+    except ConfigError:
+        raise ConfigError(f"--seeds {text!r}: expected distinct integers or ranges, e.g. 0,1,2 or 0-15") from None
 
 
 def train_config(args: list[str]) -> Config:
@@ -145,8 +177,14 @@ def plan(variants: list[Variant], seeds: list[int], common_args: list[str], outp
     base_args = [*shared, "--seed", str(eval_seed), "--eval_only", "true", "--output_dir", str(base_dir)]
     runs = [Run(BASE, eval_seed, base_dir, base_args, train_config(base_args))]
     # seed-major: a grid stopped early still holds every variant for its first seeds
+    for variant in variants:
+        extra = sorted(set(variant.seeds or ()) - set(seeds))
+        if extra:
+            raise ConfigError(f"variant {variant.label!r}: seed(s) {', '.join(map(str, extra))} are not in --seeds")
     for seed in seeds:
         for variant in variants:
+            if variant.seeds is not None and seed not in variant.seeds:
+                continue
             directory = output_dir / variant.dirname / f"seed-{seed}"
             args = [*shared, *variant.args(), "--seed", str(seed), "--eval_before", "false",
                     "--output_dir", str(directory)]

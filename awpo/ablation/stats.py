@@ -1,38 +1,53 @@
-"""The statistics of the ablation report: a t-interval over seeds and a paired bootstrap over tasks.
+"""The statistics of the ablation reports: a t-interval over seeds, a paired bootstrap over tasks, the
+one-sided paired t-test of the pre-registered evidence round, and Spearman's rank correlation.
 
 Two sources of noise, two intervals. Seeds: training is stochastic, so a variant's accuracy is a
 draw per seed; the t-interval over the per-seed accuracies covers that (wide with 3 seeds: the t
 quantile is 4.30). Tasks: the held-out set is a sample of tasks; the bootstrap resamples tasks, the
-same resample for every run, so differences between variants are paired task by task.
+same resample for every run, so differences between variants are paired task by task. The training
+run is the unit of replication, so the test (`one_sided_t_test`) is over seeds.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 
-def _t_pdf(x: float, df: int) -> float:
-    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    return math.exp(log_norm - (df + 1) / 2 * math.log1p(x * x / df))
-
-
 def _t_cdf_above_zero(x: float, df: int, intervals: int = 4000) -> float:
-    """P(0 <= T <= x) for x >= 0, by Simpson's rule (the density is smooth; 4000 intervals give ~1e-10)."""
-    h = x / intervals
-    total = _t_pdf(0.0, df) + _t_pdf(x, df)
-    total += 4 * sum(_t_pdf((2 * i - 1) * h, df) for i in range(1, intervals // 2 + 1))
-    total += 2 * sum(_t_pdf(2 * i * h, df) for i in range(1, intervals // 2))
-    return total * h / 3
+    """P(0 <= T <= x) for x >= 0 (x may be inf), by Simpson's rule after substituting x = sqrt(df) tan(theta):
+    the density becomes Gamma((df+1)/2) / (Gamma(df/2) sqrt(pi)) * cos(theta)^(df-1) on [0, atan(x/sqrt(df))],
+    smooth and bounded however far out x lies (4000 intervals give ~1e-12)."""
+    end = math.atan(x / math.sqrt(df)) if math.isfinite(x) else math.pi / 2
+    theta = np.linspace(0.0, end, intervals + 1)
+    values = np.cos(theta) ** (df - 1)
+    weights = np.ones(intervals + 1)
+    weights[1:-1:2], weights[2:-1:2] = 4.0, 2.0
+    scale = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(math.pi)
+    return float(scale * (end / intervals) / 3 * (weights @ values))
+
+
+def _check_df(df) -> None:
+    if isinstance(df, bool) or not isinstance(df, int) or df < 1:
+        raise ValueError(f"df must be an int >= 1, got {df!r}")
+
+
+def t_upper_tail(t: float, df: int) -> float:
+    """P(T >= t) for Student's t with `df` degrees of freedom: the one-sided p-value of H1 "mean > 0"."""
+    _check_df(df)
+    if math.isnan(t):
+        return math.nan
+    above = _t_cdf_above_zero(abs(t), df)
+    return max(0.0, 0.5 - above) if t >= 0 else min(1.0, 0.5 + above)
 
 
 def t_quantile(probability: float, df: int) -> float:
     """The `probability` quantile of Student's t with `df` degrees of freedom (probability in (0.5, 1))."""
     if not 0.5 < probability < 1.0:
         raise ValueError(f"probability must be in (0.5, 1), got {probability!r}")
-    if isinstance(df, bool) or not isinstance(df, int) or df < 1:
-        raise ValueError(f"df must be an int >= 1, got {df!r}")
+    _check_df(df)
     target = probability - 0.5
     low, high = 0.0, 1.0
     while _t_cdf_above_zero(high, df) < target:  # heavy tails at df=1: grow the bracket
@@ -92,3 +107,75 @@ def paired_bootstrap(scores, baseline=None, *, confidence: float = 0.95, resampl
     alpha = (1 - confidence) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     return Interval(float(per_task.mean()), float(low), float(high), int(per_task.size))
+
+
+@dataclass
+class OneSidedTTest:
+    """The one-sided paired t-test of H1 "mean > 0" over `n` paired differences."""
+
+    mean: float
+    sd: float            # of the differences (ddof 1)
+    n: int
+    t: float
+    df: int
+    p_value: float       # one-sided: P(T >= t)
+    lower_bound: float   # the one-sided `confidence` lower bound of the mean
+    confidence: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def one_sided_t_test(differences, confidence: float = 0.95) -> OneSidedTTest:
+    """Student's one-sample t-test of H1 "the mean of `differences` is > 0" (paired differences, one per
+    seed), with the one-sided lower confidence bound `mean - t_{confidence, n-1} * sd / sqrt(n)`.
+    Identical differences (sd 0) give t = +-inf, or NaN when they are all 0."""
+    values = np.asarray(differences, dtype=np.float64)
+    if values.ndim != 1 or values.size < 2:
+        raise ValueError("one_sided_t_test needs a 1-D sequence of at least 2 differences")
+    if not np.isfinite(values).all():
+        raise ValueError("one_sided_t_test: the differences must be finite numbers")
+    if not 0.5 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0.5, 1), got {confidence!r}")
+    n, mean, sd = int(values.size), float(values.mean()), float(values.std(ddof=1))
+    standard_error = sd / math.sqrt(n)
+    if standard_error > 0:
+        t = mean / standard_error
+    else:
+        t = math.nan if mean == 0 else math.copysign(math.inf, mean)
+    df = n - 1
+    lower = mean - t_quantile(confidence, df) * standard_error
+    return OneSidedTTest(mean, sd, n, t, df, t_upper_tail(t, df), lower, confidence)
+
+
+def ranks(values) -> np.ndarray:
+    """1-based ranks of `values`, ties sharing their mean rank (what Spearman's correlation ranks)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1:
+        raise ValueError("ranks needs a 1-D sequence")
+    order = np.argsort(values, kind="stable")
+    result = np.empty(values.size, dtype=np.float64)
+    start = 0
+    while start < values.size:
+        end = start
+        while end + 1 < values.size and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        result[order[start:end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return result
+
+
+def pearson(x, y) -> float:
+    """Pearson's correlation; NaN when either sequence is constant (no correlation is defined)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"pearson needs two 1-D sequences of one length, got {x.shape} and {y.shape}")
+    dx, dy = x - x.mean(), y - y.mean()
+    norm = math.sqrt(float(dx @ dx) * float(dy @ dy))
+    return float(dx @ dy) / norm if norm > 0 else math.nan
+
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation (Pearson's on the ranks, ties at their mean rank); NaN when either
+    sequence is constant."""
+    return pearson(ranks(x), ranks(y))

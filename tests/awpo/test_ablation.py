@@ -44,9 +44,46 @@ def test_bad_variants_are_named(text, message):
 
 def test_seeds_parse_and_reject_junk():
     assert grid.parse_seeds("0, 1,2") == [0, 1, 2]
-    for bad in ("", "0,0", "a,b"):
+    assert grid.parse_seeds("0-3,7") == [0, 1, 2, 3, 7] and grid.parse_seeds("5-5") == [5]
+    for bad in ("", "0,0", "a,b", "3-1", "0-2,1", "1-x"):
         with pytest.raises(ConfigError, match="--seeds"):
             grid.parse_seeds(bad)
+
+
+def test_a_variant_may_run_a_subset_of_the_seeds(tmp_path):
+    variants = grid.parse_variants("grpo,awpo:judge=reference@0-1+3")
+    control = variants[1]
+    assert control.label == "awpo:judge=reference" and control.seeds == (0, 1, 3) and variants[0].seeds is None
+    assert control.args() == ["--estimator", "awpo", "--judge", "reference"] and "@" not in control.dirname
+    runs = grid.plan(variants, [0, 1, 2, 3], [], tmp_path, eval_seed=0, eval_tasks=8, threads=1)
+    assert [(r.variant, r.seed) for r in runs[1:]] == [
+        ("grpo", 0), ("awpo:judge=reference", 0), ("grpo", 1), ("awpo:judge=reference", 1), ("grpo", 2),
+        ("grpo", 3), ("awpo:judge=reference", 3)]
+    assert runs[2].config.judge == "reference"
+    with pytest.raises(ConfigError, match="seed.s. 4 are not in --seeds"):
+        grid.plan(grid.parse_variants("awpo@3-4"), [0, 1, 2, 3], [], tmp_path, eval_seed=0, eval_tasks=8, threads=1)
+    with pytest.raises(ConfigError, match="expected seeds after '@'"):
+        grid.parse_variants("awpo@x")
+
+
+PHASE1 = ["--variants", "grpo,awpo,awpo:judge=reference@0-7", "--seeds", "0-15", "--parallel", "2", "--threads", "1",
+          "--eval_tasks", "512", "--", "--graded_outcome", "false", "--worked_examples", "true",
+          "--categories", "simple,multiple,irrelevance"]
+
+
+def test_the_evidence_round_phase1_command_plans_its_runs(tmp_path, capsys):
+    """docs/EVIDENCE.md's phase-1 grid: GRPO and AWPO over seeds 0-15, the control on seeds 0-7."""
+    code = main([*PHASE1[:10], "--output_dir", str(tmp_path / "grid"), "--dry_run", *PHASE1[10:]])
+    out = capsys.readouterr().out
+    assert code == 0 and "40 training runs (40 to do)" in out and "2 at a time with 1 thread(s) each" in out
+    commands = [line for line in out.splitlines() if line.startswith("[new]")]
+    assert len(commands) == 1 + 16 * 2 + 8
+    assert all("--max_eval_tasks 512" in c and "--graded_outcome false" in c and "--cpu_threads 1" in c
+               and "--categories simple,multiple,irrelevance" in c and "--eval_seed 0" in c for c in commands)
+    assert sum("--estimator grpo" in c for c in commands) == 16
+    assert sum("--estimator awpo" in c and "--judge reference" not in c for c in commands) == 16
+    control = [c for c in commands if "--judge reference" in c]
+    assert [int(c.split("--seed ")[1].split()[0]) for c in control] == list(range(8))
 
 
 def test_plan_gives_every_run_the_same_options_but_variant_and_seed(tmp_path):

@@ -120,6 +120,8 @@ def test_result_json_holds_both_evaluations_task_by_task(two_step_run):
         assert [t["id"] for t in tasks] == ["w0", "w1", "w2"] and {t["category"] for t in tasks} == {"simple"}
         assert all(t["exact"] in (0.0, 1.0) and 0.0 <= t["graded"] <= 1.0 for t in tasks)
         assert stored[key]["accuracy"] == pytest.approx(sum(t["exact"] for t in tasks) / 3)
+        # the evaluation's completions are kept, one per sample (greedy: one), as the model wrote them
+        assert all(len(t["completions"]) == 1 and isinstance(t["completions"][0], str) for t in tasks)
     record = read_steps(output_dir)[1]
     assert record["adv/reasoning_share"] == 0.0   # grpo: all of the advantage is the outcome's
     assert 0.0 <= record["completion/with_reasoning_fraction"] <= 1.0
