@@ -32,7 +32,8 @@ def score_episodes(episodes: Sequence[Episode], *, graded: bool, judge=None) -> 
     outcome = [outcome_of(e, graded=True) for e in episodes] if graded else list(exact)
     reasoning = None
     if judge is not None:
-        requests = [JudgeRequest(_request_text(e.task), e.reasoning, e.calls, e.task.tools, e.task.ground_truth)
+        requests = [JudgeRequest(_request_text(e.task), e.reasoning, e.calls, e.task.tools, e.task.ground_truth,
+                                 malformed=any(p.error is not None for p in e.parsed_turns))
                     for e in episodes]
         reasoning = [float(s) for s in judge_many(judge, requests)]
     return EpisodeScores(outcome, exact, reasoning)

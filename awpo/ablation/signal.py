@@ -256,10 +256,39 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the task category mix (default: {DEFAULT_CATEGORIES})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the task stream and the sampling (default: 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument("--rejudge", action="store_true",
+                        help="score --output_dir's saved completions again with the current judges, then "
+                             "recompute phase0.json and phase0.md; sample nothing")
     parser.add_argument("--analyse_only", action="store_true",
                         help="recompute phase0.json and phase0.md from --output_dir's completions.jsonl (the "
                              "run's own date, command and load kept), sample nothing")
     return parser
+
+
+def rejudge(output_dir: Path) -> None:
+    """Score the saved completions again with the current judges (after a change to a judge), then
+    reanalyse. The tasks are rebuilt from the run's seed and categories; the completions are not
+    sampled again."""
+    from ..data.builtin import builtin_tasks
+    from ..judges import JudgeRequest, ReferenceJudge, RuleJudge
+    from ..toolcall import parse_completion
+
+    path = output_dir / "completions.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    meta = json.loads((output_dir / "phase0.json").read_text())["meta"]
+    size = 1 + max(int(r["task_id"].split("-")[2]) for r in records)
+    tasks = {t.id: t for t in builtin_tasks("train", n=size, seed=meta["seed"],
+                                            categories=meta["categories"].split(","))}
+    judges = {"rule": RuleJudge(), "reference": ReferenceJudge()}
+    for record in records:
+        task = tasks[record["task_id"]]
+        parsed = parse_completion(record["completion"])
+        request = JudgeRequest(task.user_prompt, parsed.reasoning, parsed.calls, task.tools, task.ground_truth,
+                               malformed=parsed.error is not None)
+        record.update({name: judge.score_many([request])[0] for name, judge in judges.items()})
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    meta["rejudged"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    write_results(output_dir, analyse(records), meta)
 
 
 def reanalyse(output_dir: Path) -> None:
@@ -283,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
 
     _quiet_third_party_logs()
     output_dir = Path(args.output_dir)
-    if args.analyse_only:
-        reanalyse(output_dir)
+    if args.rejudge or args.analyse_only:
+        rejudge(output_dir) if args.rejudge else reanalyse(output_dir)
         print((output_dir / "phase0.md").read_text())
         return 0
     try:

@@ -37,13 +37,15 @@ def has_reasoning(reasoning: str | None) -> bool:
 class JudgeRequest:
     """One completion to judge. ``prompt`` is the user's request as text (the last user message, not
     the rendered template); ``ground_truth`` (the task's answer) is read only by the reference judge,
-    the labelled control: the rule and LLM judges never see it."""
+    the labelled control: the rule and LLM judges never see it. ``malformed``: the output held tool-call
+    markup that did not parse (``calls`` is then empty; the outcome reward already scores it 0)."""
 
     prompt: str
     reasoning: str | None
     calls: list[ToolCall]
     tools: list[dict]
     ground_truth: list | None = None
+    malformed: bool = False  # the completion tried to call a tool, but its calls could not be parsed
 
 
 @dataclass

@@ -157,18 +157,19 @@ def request_of(record) -> object:
         if not isinstance(record["completion"], str):
             raise ValueError("'completion' must be a string")
         parsed = parse_completion(record["completion"])
-        reasoning, calls = parsed.reasoning, parsed.calls
+        reasoning, calls, malformed = parsed.reasoning, parsed.calls, parsed.error is not None
     elif "reasoning" in record:
         reasoning = record["reasoning"]
         if reasoning is not None and not isinstance(reasoning, str):
             raise ValueError("'reasoning' must be a string or null")
         calls = [ToolCall(str(c["name"]), dict(c.get("arguments") or {})) for c in record.get("calls") or []]
+        malformed = False
     else:
         raise ValueError("needs 'completion' (the model's output) or 'reasoning'")
     truth = record.get("ground_truth")
     if truth is not None and not isinstance(truth, list):
         raise ValueError("'ground_truth' must be a list (the task's answer)")
-    return JudgeRequest(_request_text(record), reasoning, calls, tools, truth)
+    return JudgeRequest(_request_text(record), reasoning, calls, tools, truth, malformed)
 
 
 def _request_text(record: dict) -> str:
@@ -198,7 +199,7 @@ def rule_parts(judge, request) -> dict | None:
 
     if not isinstance(judge, RuleJudge) or not has_reasoning(request.reasoning):
         return None
-    return judge.parts(request.prompt, request.reasoning, request.calls, request.tools)
+    return judge.parts(request.prompt, request.reasoning, request.calls, request.tools, malformed=request.malformed)
 
 
 def summary(judge, verdicts: list) -> str:

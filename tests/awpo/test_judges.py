@@ -81,6 +81,21 @@ def test_a_grounded_refusal_on_an_irrelevant_request_scores_high():
                        TOOLS) == 0.0
 
 
+def test_a_call_that_does_not_parse_leaves_the_reasoning_judged_on_its_own():
+    """Malformed call markup scores 0 on the outcome; the reasoning that led to it still counts, judged
+    by the tools it names (a refusal without any attempt keeps fit 0)."""
+    judge = RuleJudge()
+    text = f"<think>{SENSIBLE}</think>\n<tool_call>\n{{\"name\": \"get_weather\", \"arguments\": {{oops\n</tool_call>"
+    parsed = parse_completion(text)
+    assert parsed.error is not None and parsed.calls == []
+    broken = JudgeRequest(PROMPT, parsed.reasoning, [], TOOLS, malformed=True)
+    assert judge.score_many([broken]) == [pytest.approx(1.0)]
+    assert judge.score(PROMPT, parsed.reasoning, [], TOOLS) == 0.0  # read as a refusal when not marked malformed
+    for reasoning in ("I call get_stock_price for this.", "No tool fits, so I call get_weather anyway.",
+                      "banana purple elephant quantum"):
+        assert judge.score_many([JudgeRequest(PROMPT, reasoning, [], TOOLS, malformed=True)])[0] <= 0.3
+
+
 def test_the_rule_judge_never_reads_the_answer():
     request = JudgeRequest(PROMPT, SENSIBLE, RIGHT, TOOLS, ground_truth=[{"get_stock_price": {"symbol": ["X"]}}])
     assert RuleJudge().score_many([request]) == [RuleJudge().score(PROMPT, SENSIBLE, RIGHT, TOOLS)]
