@@ -241,6 +241,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow  # trains a tiny grid of runs (about 230 s)
 def test_tiny_grid_end_to_end_resumes_an_interrupted_run(tiny_model_dir, tmp_path):
     out = tmp_path / "grid"
     common = ["--model", tiny_model_dir, "--rollout", "hf", "--max_steps", "3", "--prompts_per_step", "2",

@@ -16,6 +16,8 @@ from awpo.bfcl.generate import GenerationRequest, generate_all, hermes_messages
 from awpo.bfcl.scripted import NO_CALL_REPLY, answer_with, first_acceptable_calls, oracle_model, silent_model
 from awpo.toolcall import format_tool_calls
 
+pytestmark = pytest.mark.bfcl  # scores with BFCL's checker in .venv-bfcl
+
 SINGLE_TURN = ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance",
                "live_simple", "live_multiple"]
 LIMIT = 5  # entries per single-turn category

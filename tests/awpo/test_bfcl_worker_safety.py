@@ -18,6 +18,8 @@ from awpo.bfcl import BfclChecker
 from awpo.bfcl.checker import TIMEOUT_ERROR_TYPE
 from awpo.bfcl.scripted import NO_CALL_REPLY, answer_with
 
+pytestmark = pytest.mark.bfcl  # runs BFCL's worker in .venv-bfcl
+
 CATEGORY = "multi_turn_base"
 SLOW_CALL = {"name": "power", "arguments": {"base": 10, "exponent": 10 ** 8}}  # minutes of big-int work
 REFUSED_TURN = "multi_turn:empty_turn_model_response"  # BFCL's verdict when no call of the turn decodes

@@ -154,6 +154,7 @@ def test_derived_batch_sizes():
     assert config.micro_batches_per_optimizer_step == 3 and config.optimizer_steps_per_iteration == 2
 
 
+@pytest.mark.slow  # a subprocess that imports it all
 def test_cli_reports_a_missing_model_without_a_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "awpo.train", "--model", str(tmp_path / "nope"),
                              "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)

@@ -36,6 +36,7 @@ def _read(output: Path) -> tuple[dict, str]:
     return json.loads((output / "bfcl_results.json").read_text()), (output / "bfcl_results.md").read_text()
 
 
+@pytest.mark.vllm
 def test_cli_end_to_end_with_a_tiny_model_on_vllm(long_context_tiny_model, tmp_path, capsys):
     output = tmp_path / "run"
     code = awpo_eval.main(["--model", long_context_tiny_model, "--categories", "default", "--limit", str(LIMIT),
@@ -78,6 +79,7 @@ def test_cli_hf_engine_and_failed_generation_is_recorded(long_context_tiny_model
     assert result["results"]["live_multiple"] == {"accuracy": 0.0, "correct": 0, "total": 1, "generation_errors": 1}
 
 
+@pytest.mark.bfcl
 def test_scripted_runs_and_compare(tmp_path, capsys):
     categories = ["simple_python", "irrelevance", "multi_turn_base"]
     for name in ("oracle", "silent"):

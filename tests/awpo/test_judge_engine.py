@@ -254,6 +254,7 @@ def test_python_m_awpo_judge_scores_a_file_with_a_judge_model(judge_model_dir, j
     assert f"judge: judge model {judge_model_dir}" in err and "judge requests 2: 0 failed, 0 unreadable" in err
 
 
+@pytest.mark.vllm  # opt-in: a real `vllm serve`
 @pytest.mark.skipif(os.environ.get("AWPO_TEST_VLLM_SERVE") != "1",
                     reason="starts a real `vllm serve` (1-2 minutes on 2 cores): set AWPO_TEST_VLLM_SERVE=1")
 def test_the_server_judge_against_a_real_vllm_server(judge_model_dir, tmp_path, capsys):

@@ -6,6 +6,7 @@ import torch
 from awpo import models
 
 
+@pytest.mark.slow  # converts SmolLM2's GGUF
 def test_default_model_is_prepared_once_and_answers_sensibly(tmp_path, caplog):
     caplog.set_level("INFO", logger="awpo.models")
     path = models.default_model_path(str(tmp_path))

@@ -31,6 +31,8 @@ from awpo.bfcl.scripted import first_acceptable_calls
 from awpo.rewards import outcome_reward
 from awpo.toolcall import format_tool_calls
 
+pytestmark = pytest.mark.bfcl  # compares with BFCL's checker in .venv-bfcl
+
 CATEGORIES = {"simple_python": 400, "multiple": 200, "parallel": 200, "parallel_multiple": 200, "irrelevance": 240}
 SAMPLE = 13  # entries per category, seeded
 SEED = 20260

@@ -11,6 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the kernel under TRITON_INTERPRET, in a subprocess
+
 REPO = Path(__file__).resolve().parents[2]
 TEST_FILE = Path(__file__).with_name("test_advantages.py")
 

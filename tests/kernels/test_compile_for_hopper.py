@@ -28,6 +28,8 @@ from awpo_kernels import _epilogue_triton as triton_kernels  # noqa: E402
 from awpo_kernels import _kernel_codes as codes  # noqa: E402
 from benchmarks.profile import EPILOGUE_SWEEP  # noqa: E402
 
+pytestmark = pytest.mark.slow  # compiles each kernel for sm_90 with ptxas
+
 HOPPER = GPUTarget("cuda", 90, 32)
 INT_ARGS = {"z_stride", "dz_stride", "row_start", "n_rows", "vocab", "n_tokens", "group_size", "correction"}
 ID_POINTERS = {"targets_ptr": "*i64", "seq_ids_ptr": "*i64", "mask_ptr": "*i8", "clipped_ptr": "*i32"}

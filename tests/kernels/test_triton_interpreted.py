@@ -12,6 +12,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every kernel under TRITON_INTERPRET, in a subprocess
+
 REPO = Path(__file__).resolve().parents[2]
 TEST_FILES = [Path(__file__).with_name(name) for name in ("test_logprobs.py", "test_policy_loss.py")]
 
