@@ -28,10 +28,8 @@ collect_ignore = [] if _VERL is not None and _VERL.origin is not None else ["ver
 VLLM_FIXTURES = {"tiny_vllm_engine"}
 BFCL_FIXTURES = {"bfcl"}
 # Marks not yet moved onto their tests (the files were being changed by other work): moved next.
-VLLM_MODULES = {"test_trl_vllm.py"}
-SLOW_MODULES = {"test_trl_ddp.py", "test_benchmarks_smoke.py"}
+SLOW_MODULES = {"test_benchmarks_smoke.py"}
 SLOW_TESTS = {
-    "awpo/test_verl_plugin.py::test_verl_plugin_suite_passes_in_its_venv",  # builds .venv-verl on first use
     "awpo/test_attention.py::test_flex_forward_matches_the_dense_mask_and_separate_sequences_on_cpu",  # flex compile
 }
 
@@ -52,7 +50,7 @@ def pytest_collection_modifyitems(config, items):
             nodeid = path.relative_to(tests_dir).as_posix() + "::" + getattr(item, "originalname", item.name)
         except ValueError:
             nodeid = item.nodeid
-        if fixtures & VLLM_FIXTURES or module in VLLM_MODULES:
+        if fixtures & VLLM_FIXTURES:
             item.add_marker(pytest.mark.vllm)
         if fixtures & BFCL_FIXTURES:
             item.add_marker(pytest.mark.bfcl)

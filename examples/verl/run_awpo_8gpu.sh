@@ -5,8 +5,9 @@
 #   bash examples/verl/run_awpo_8gpu.sh                                 # extra args are Hydra overrides:
 #   bash examples/verl/run_awpo_8gpu.sh actor_rollout_ref.model.path=Qwen/Qwen3-8B trainer.nnodes=2
 #
-# Installing awpo registers its verl plugin (entry point verl.plugins): the estimator `awpo`, the policy loss
-# `awpo` and the shim that hands verl's non_tensor_batch to the estimator, in every process that imports verl.
+# Every verl process must import awpo.integrations.verl (the estimator `awpo`, the policy loss `awpo` and the shim
+# that hands verl's non_tensor_batch to the estimator): installed awpo does it through its verl.plugins entry point,
+# and the example config also sets VERL_USE_EXTERNAL_MODULES for every Ray worker (docs/VERL.md, "Registration").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from test_trl_support import ScriptedRollout, cpu_args, scripted_completions, tiny_dataset
+from test_trl_support import ScriptedRollout, cpu_args, loss_inputs, scripted_completions, tiny_dataset
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
@@ -58,7 +58,7 @@ class RecordingAWPOTrainer(AWPOTrainer):
 def test_two_awpo_steps_change_the_weights_with_group_advantages_of_the_stored_rewards_scripted_rollouts(
         tiny_model_dir, tmp_path):
     dataset = tiny_dataset()
-    args = cpu_args(tmp_path, clip_shrink=0.5, gate="soft", weight="linear")
+    args = cpu_args(tmp_path, clip_shrink=0.5, gate="soft", weight="linear", graded_outcome=False)
     trainer = RecordingAWPOTrainer(model=tiny_model_dir, reward_funcs=[outcome_reward, reasoning_reward], args=args,
                                    train_dataset=dataset, rollout_func=ScriptedRollout(dataset))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -68,7 +68,7 @@ def test_two_awpo_steps_change_the_weights_with_group_advantages_of_the_stored_r
     assert changed > 1e-4
     assert len(trainer.generations) == 2 and len(trainer.loss_inputs) == 2
     options = args.advantage_options().kernel_kwargs()
-    for generation, loss_inputs in zip(trainer.generations, trainer.loss_inputs):
+    for generation, received in zip(trainer.generations, trainer.loss_inputs):
         rewards = generation["rewards"]
         assert rewards.shape == (8, 2) and not torch.isnan(rewards).any()
         assert rewards[:, 0].unique().numel() > 1 and rewards[:, 1].unique().numel() > 1
@@ -78,8 +78,8 @@ def test_two_awpo_steps_change_the_weights_with_group_advantages_of_the_stored_r
         torch.testing.assert_close(generation["epsilon_high"], expected.epsilon_high)
         assert (expected.epsilon_low < args.epsilon).any()  # clip_shrink tightened some groups
         # the loss got the same values (TRL shuffles the batch before splitting it)
-        torch.testing.assert_close(loss_inputs["advantages"].sort().values, expected.advantages.sort().values)
-        assert loss_inputs["epsilon_low"].shape == (8,)
+        torch.testing.assert_close(received["advantages"].sort().values, expected.advantages.sort().values)
+        assert received["epsilon_low"].shape == (8,)
     logged = trainer.state.log_history[0]
     for name in ("awpo/adv/gate_mean", "awpo/adv/weight_mean", "awpo/adv/clipped_fraction",
                  "awpo/adv/zero_outcome_variance_groups", "clip_ratio/low_mean", "loss"):
@@ -102,30 +102,6 @@ def test_fused_loss_false_trains_with_trls_own_loss_on_awpo_advantages_scripted_
                                    **trainer.args.advantage_options().kernel_kwargs())
     torch.testing.assert_close(trainer.generations[0]["advantages"], expected.advantages)
     assert "entropy" in trainer.state.log_history[0]  # TRL's loss ran (it logs the entropy, the fused loss does not)
-
-
-def loss_inputs(tokenizer, *, batch=6, prompt_len=5, completion_len=7, seed=0, sequence_ratio=False):
-    """A micro-batch as GRPOTrainer's `_generate_and_score_completions` hands it to `_compute_loss`."""
-    gen = torch.Generator().manual_seed(seed)
-    vocab = len(tokenizer)
-    prompt_ids = torch.randint(0, vocab, (batch, prompt_len), generator=gen)
-    prompt_mask = torch.ones_like(prompt_ids)
-    prompt_mask[0, :2] = 0  # left padding
-    prompt_ids[prompt_mask == 0] = tokenizer.pad_token_id
-    completion_ids = torch.randint(0, vocab, (batch, completion_len), generator=gen)
-    lengths = torch.tensor([7, 3, 5, 7, 1, 6])[:batch]
-    completion_mask = (torch.arange(completion_len)[None] < lengths[:, None]).long()
-    completion_ids[completion_mask == 0] = tokenizer.pad_token_id
-    noise = lambda scale: torch.randn(batch, completion_len, generator=gen) * scale  # noqa: E731
-    ratio_shape = (batch, 1) if sequence_ratio else (batch, completion_len)
-    return {
-        "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-        "completion_mask": completion_mask, "advantages": torch.randn(batch, generator=gen),
-        "num_items_in_batch": completion_mask.sum() * 3,  # a generation batch larger than this micro-batch
-        "old_per_token_logps": noise(0.3) - 6.5,            # around the tiny model's log-probs: ratios clip
-        "ref_per_token_logps": noise(0.3) - 6.5,
-        "importance_sampling_ratio": 0.5 + torch.rand(ratio_shape, generator=gen),
-    }
 
 
 LOSS_CASES = {

@@ -15,7 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # spawns two processes that each import torch, transformers, TRL
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

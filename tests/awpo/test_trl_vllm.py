@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from test_trl_support import cpu_args, tiny_dataset
+
+pytestmark = pytest.mark.vllm  # TRL drives a colocated vLLM engine
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache (TRL sizes it for GPUs)
 

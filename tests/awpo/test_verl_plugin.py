@@ -15,6 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # builds .venv-verl on first use, then runs the verl suite
 def test_verl_plugin_suite_passes_in_its_venv():
     from awpo.integrations.verl.venv import ensure_venv
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,7 +18,7 @@ from verl_helpers import make_batch, score_with_naive_manager
 
 import awpo_kernels as ak
 from awpo.integrations.verl import ESTIMATOR_NAMES, VERL_NAMES, shim
-from awpo.judges import RuleJudge
+from awpo.judges import JudgeRequest, RuleJudge, judge_many
 from awpo.rewards import outcome_reward
 from awpo.toolcall import parse_completion
 
@@ -68,7 +69,10 @@ def test_naive_reward_manager_stores_awpo_scores(scored_batch):
         tools = json.loads(extra["tools"])
         parsed = parse_completion(text)
         outcome = outcome_reward(text, json.loads(truth), tools=tools)
-        reasoning = judge.score(extra["request"], parsed.reasoning, parsed.calls, tools)
+        # the request compute_score builds: unparsable call markup is judged on its reasoning alone (malformed)
+        request = JudgeRequest(extra["request"], parsed.reasoning, parsed.calls, tools, json.loads(truth),
+                               malformed=parsed.error is not None)
+        reasoning = judge_many(judge, [request])[0]
         assert batch.non_tensor_batch["outcome"][row] == outcome
         assert batch.non_tensor_batch["reasoning"][row] == pytest.approx(reasoning, nan_ok=True)
         last = int(batch.batch["response_mask"][row].sum()) - 1
@@ -193,7 +197,9 @@ class MockedTransferQueue:
     """mocked: verl's TransferQueue (Ray actors and ZMQ) cannot run here; this one holds one batch in memory.
 
     kv_batch_get returns the stored TensorDict's fields (nested tensors, non-tensor stacks), as the real
-    queue does; kv_batch_put records what verl writes back.
+    queue does, and like TransferQueue 0.1.11 it leaves unknown fields out (`BatchMeta.select_fields` keeps the
+    known ones; with none left, `async_get_data` returns an empty TensorDict) and raises ValueError for unknown
+    keys or partition; kv_batch_put records what verl writes back.
     """
 
     def __init__(self, keys, fields):
@@ -204,11 +210,12 @@ class MockedTransferQueue:
         self.put = {}
 
     def kv_batch_get(self, keys, partition_id, select_fields):
-        assert list(keys) == self.keys and partition_id == "train"
+        from tensordict import TensorDict
+
+        if list(keys) != self.keys or partition_id != "train":
+            raise ValueError("keys or partition were not found!")
         present = [f for f in select_fields if f in self.store.keys()]
-        if not present:
-            raise KeyError(f"no field {select_fields}")
-        return self.store.select(*present)
+        return self.store.select(*present) if present else TensorDict({}, batch_size=0)
 
     def kv_batch_put(self, keys, partition_id, fields):
         assert list(keys) == self.keys
@@ -253,3 +260,86 @@ def test_v1_trainer_compute_advantage_fetches_the_scores(scored_batch, monkeypat
     written = torch.nested.to_padded_tensor(queue.put["advantages"], 0.0)
     expected = expected_advantages(batch).unsqueeze(-1) * mask.float()
     torch.testing.assert_close(written, expected[:, : written.shape[1]], rtol=1e-5, atol=1e-6)
+
+
+def test_v1_score_fetch_reads_absent_fields_as_missing_and_lets_queue_errors_through():
+    """`shim._field` means "the queue does not hold this field" by None, nothing else: a queue failure (unknown keys,
+    a lost controller) propagates instead of turning into a missing-score error later."""
+    from tensordict import NonTensorStack
+    from transfer_queue import KVBatchMeta
+
+    keys = ["a_0", "b_0"]
+    queue = MockedTransferQueue(keys, {"outcome": NonTensorStack(1.0, 0.0)})
+    meta = KVBatchMeta(keys=keys, tags=[{}, {}], partition_id="train")
+    scores = shim.fetch_v1_scores(queue, meta, ("outcome", "reasoning"))
+    assert list(scores) == ["outcome"] and list(scores["outcome"]) == [1.0, 0.0]  # no extra_fields, no reasoning
+    with pytest.raises(ValueError, match="keys or partition were not found"):
+        shim.fetch_v1_scores(queue, KVBatchMeta(keys=["c_0"], tags=[{}], partition_id="train"), ("outcome",))
+
+    class LostController:
+        def kv_batch_get(self, **kwargs):
+            raise ConnectionError("TransferQueue controller unreachable")
+
+    with pytest.raises(ConnectionError, match="controller unreachable"):
+        shim.fetch_v1_scores(LostController(), meta, ("outcome",))
+
+
+def test_v1_flow_from_verls_reward_loop_worker_to_the_advantages(tokenizer, tmp_path, monkeypatch):
+    """verl 0.9.1's current reward path (experimental/reward_loop: RewardLoopWorker with the example config's
+    custom_reward_function, called per trajectory as the agent loop calls it) -> each trajectory's
+    extra_fields["reward_extra_info"] as the agent loop stores it -> the v1 trainer's _compute_advantage (patched)
+    on a mocked TransferQueue -> the advantages verl writes back. Ray, vLLM and the queue's actors are what does
+    not run here; the worker and the trainer method are verl's own code, called directly."""
+    from hydra import compose, initialize_config_dir
+    from tensordict import NonTensorStack
+    from transfer_queue import KVBatchMeta
+    from verl import DataProto
+    from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+    from verl.trainer.ppo.v1 import trainer_base
+
+    from awpo.integrations.verl.reward import compute_score
+
+    tokenizer.save_pretrained(tmp_path)  # the worker loads the policy's tokenizer from the model path
+    examples = str(Path(__file__).resolve().parents[2] / "examples" / "verl")
+    with initialize_config_dir(config_dir=examples, version_base=None):
+        config = compose("awpo_tool_use", overrides=[f"actor_rollout_ref.model.path={tmp_path}"])
+    worker = RewardLoopWorker(config, reward_router_address=None)
+
+    batch, texts = make_batch(tokenizer, seed=9)
+    results = []
+    for row in range(len(batch)):  # the agent loop's per-trajectory call (agent_loop.py, "compute_score.remote")
+        item = batch[row:row + 1]
+        single = DataProto(batch=item.batch.select("prompts", "responses", "attention_mask", "input_ids"),
+                           non_tensor_batch={**item.non_tensor_batch, "__num_turns__": np.array([2]),
+                                             "tool_extra_fields": np.array([{"raw_prompt": "..."}], dtype=object)})
+        results.append(worker.loop.run_until_complete(worker.compute_score(single)))
+    for row, result in enumerate(results):  # verl's manager called awpo's compute_score on the decoded response
+        nt = batch.non_tensor_batch
+        direct = compute_score(nt["data_source"][row], texts[row], nt["reward_model"][row]["ground_truth"],
+                               dict(nt["extra_info"][row]))
+        assert result["reward_score"] == direct["score"]
+        assert result["reward_extra_info"] == pytest.approx(direct, nan_ok=True)
+
+    mask = batch.batch["response_mask"]
+    lengths = mask.sum(-1).tolist()
+    scores = torch.zeros(mask.shape)
+    for row, result in enumerate(results):
+        scores[row, lengths[row] - 1] = result["reward_score"]  # rm_scores: the score on the last token
+    nested = lambda t: torch.nested.as_nested_tensor([t[r, :n] for r, n in enumerate(lengths)], layout=torch.jagged)
+    keys = [f"{uid}_{row}_0" for row, uid in enumerate(batch.non_tensor_batch["uid"])]
+    fields = {"uid": NonTensorStack(*list(batch.non_tensor_batch["uid"])), "response_mask": nested(mask),
+              "rm_scores": nested(scores),
+              "extra_fields": NonTensorStack(*[{"reward_extra_info": r["reward_extra_info"], "raw_prompt": "..."}
+                                               for r in results])}
+    queue = MockedTransferQueue(keys, fields)
+    monkeypatch.setattr(trainer_base, "tq", queue)
+    trainer = SimpleNamespace(config=OmegaConf.create({"algorithm": dict(algorithm()),
+                                                      "actor_rollout_ref": {"rollout": {"n": 4}}}))
+    trainer_base.PPOTrainer._compute_advantage(trainer, KVBatchMeta(keys=keys, tags=[{} for _ in keys],
+                                                                    partition_id="train"), metrics={})
+    batch.non_tensor_batch["outcome"] = np.array([r["reward_extra_info"]["outcome"] for r in results])
+    batch.non_tensor_batch["reasoning"] = np.array([r["reward_extra_info"]["reasoning"] for r in results])
+    written = torch.nested.to_padded_tensor(queue.put["advantages"], 0.0)
+    expected = expected_advantages(batch).unsqueeze(-1) * mask.float()
+    torch.testing.assert_close(written, expected[:, : written.shape[1]], rtol=1e-5, atol=1e-6)
+    assert written.abs().max() > 0.1

@@ -29,6 +29,13 @@ def test_example_config_passes_verl_validation():
     assert config.actor_rollout_ref.actor.policy_loss.loss_mode == "awpo"
     assert config.reward.custom_reward_function.path == "pkg://awpo.integrations.verl.reward"
     assert config.trainer.use_v1  # verl 0.9.1's default trainer: the shim covers it
+    # every Ray worker imports the plugin, installed or not (registration route 2, docs/VERL.md "Registration")
+    assert config.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == "awpo.integrations.verl"
+    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+
+    # run_ppo's merge before ray.init: verl's default env_vars plus ours
+    merged = OmegaConf.merge(get_ppo_ray_runtime_env(config), config.ray_kwargs.ray_init.get("runtime_env", {}))
+    assert merged.env_vars.VERL_USE_EXTERNAL_MODULES == "awpo.integrations.verl" and len(merged.env_vars) > 1
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
 
 

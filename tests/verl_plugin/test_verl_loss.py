@@ -88,6 +88,36 @@ def test_loss_equals_awpo_kernels_and_verl_vanilla(mode, batch_info):
     assert grad[~mask].abs().max() == 0 and grad[mask].abs().max() > 0
 
 
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+def test_verls_log_ratio_clamp_is_kept_far_off_policy(mode):
+    """Log-ratios beyond verl's clamp (|log_prob - old| > 20, up to 100: fp32's exp overflows past ~88), as verl's
+    actor hands them (fp32): loss and gradient equal verl's vanilla loss, finite, where the kernel alone gives NaN."""
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    logp, old, advantages, mask, weights, per_row = (t.float() for t in inputs(3))
+    old = old.clone()
+    far = {(0, 1): 100.0, (0, 3): -100.0, (1, 0): 30.0, (3, 2): -30.0, (3, 5): 95.0, (5, 4): -25.0}
+    for (row, col), log_ratio in far.items():
+        old[row, col] = logp[row, col] - log_ratio
+    config = actor_config(mode, {})
+
+    def registered(lp):
+        return get_policy_loss_fn(LOSS_NAME)(old, lp, advantages, mask, mode, config, rollout_is_weights=weights)[0]
+
+    def verl_vanilla(lp):
+        return get_policy_loss_fn("vanilla")(old, lp, advantages, mask, mode, config, rollout_is_weights=weights)[0]
+
+    loss, grad = loss_and_grad(registered, logp)
+    reference, reference_grad = loss_and_grad(verl_vanilla, logp)
+    assert torch.isfinite(loss) and bool(torch.isfinite(grad).all())
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-5, atol=1e-7)
+    for row, col in far:
+        assert grad[row, col] == 0  # no gradient past the clamp, as verl
+    _, kernel_grad = loss_and_grad(lambda lp: kernel_loss(mode, {}, lp, old, per_row, mask, weights), logp)
+    assert torch.isnan(kernel_grad).any()  # what the loss gave before it kept the clamp
+
+
 def test_metrics_and_dual_clip():
     from verl.trainer.ppo.core_algos import get_policy_loss_fn
 

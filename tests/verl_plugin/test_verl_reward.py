@@ -67,7 +67,7 @@ def test_llm_judge_through_a_callable_and_a_dotted_path(row, monkeypatch):
     assert math.isnan(score(row, text, judge=lambda prompts: [None] * len(prompts))["reasoning"])  # judge failed
 
     module = types.ModuleType("my_judges")
-    module.generate = lambda prompts: ["9"] * len(prompts)
+    module.generate = lambda prompts: ["Score: 9/10"] * len(prompts)
     monkeypatch.setitem(sys.modules, "my_judges", module)
     assert score(row, text, judge="my_judges:generate")["reasoning"] == pytest.approx(0.9)
 

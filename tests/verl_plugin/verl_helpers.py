@@ -62,10 +62,15 @@ def completions_for(task, rng: random.Random) -> list[str]:
 
 
 def all_wrong_completions(task, rng: random.Random) -> list[str]:
-    """Four completions that all fail (equal outcomes) with different reasoning."""
-    names = ", ".join(c["name"] for c in first_acceptable_calls(task.ground_truth)) or "a tool"
-    return [f"<think>{' '.join(['I should use', names] * (i + 1))} {rng.random():.2f}</think>\n"
-            '<tool_call>\n{"name": "no_such_tool", "arguments": {}}\n</tool_call>' for i in range(4)]
+    """Four completions that all fail (each call carries an argument the tool does not have: equal
+    outcomes) with reasoning of different quality for the grounded rule judge (the i-th states i
+    invented values)."""
+    calls = first_acceptable_calls(task.ground_truth)
+    names = ", ".join(c["name"] for c in calls) or "a tool"
+    wrong = format_tool_calls([{"name": c["name"], "arguments": {**c["arguments"], "note": "extra"}} for c in calls])
+    invented = [f'"{rng.choice("qxz")}{k}{rng.randrange(100)}"' for k in range(3)]
+    return [f"<think>The request needs {names}, so I call it {' '.join(invented[:i])}</think>\n{wrong}"
+            for i in range(4)]
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> torch.Tensor:

@@ -68,6 +68,10 @@ class AWPOConfig(GRPOConfig):
             raise ValueError(str(exc).replace("epsilon_low", "epsilon")) from None
         if not isinstance(self.fused_loss, bool):
             raise ValueError(f"fused_loss must be a bool, got {self.fused_loss!r}")
+        if getattr(self, "multi_objective_aggregation", "sum_then_normalize") != "sum_then_normalize":
+            raise ValueError(f"multi_objective_aggregation={self.multi_objective_aggregation!r} does not apply to "
+                             "AWPOTrainer: AWPO computes its advantages from the outcome and the reasoning score "
+                             "itself (environment rewards are added to the outcome); leave it at 'sum_then_normalize'")
         if self.reward_weights is not None:
             raise ValueError("reward_weights is not used by AWPOTrainer: the first reward function is the outcome, "
                              "the second the reasoning score, and `reasoning_coef` weighs them; leave it unset")

@@ -16,7 +16,16 @@ takes that and the LM-head weight to the loss and its gradients, with TRL's sema
 `compute_fused_loss` must run inside the wrapped model's forward (the trainer calls it through TRL's
 `_ForwardRedirection`): DDP then prepares the gradient all-reduce, FSDP holds the root's parameters (the LM
 head) unsharded, and ZeRO-3's hooks stay armed; the LM-head weight is gathered as TRL gathers it (a DTensor's
-`full_tensor()` under FSDP2, `maybe_gather_lm_head_ctx` under ZeRO-3). No collective runs in here.
+`full_tensor()` under FSDP2, `maybe_gather_lm_head_ctx` under ZeRO-3). No collective runs in here. The inputs
+must not be the wrapper's forward arguments: FSDP2's `cast_forward_inputs` (and DeepSpeed's input casting) turn
+every floating-point argument into the compute dtype, and bf16 advantages / old and reference log-probs /
+importance ratios carry percent-level noise into the PPO ratio (the trainer passes them in a closure).
+
+Precision of the LM head, as TRL's fused head (`trl.kernels.chunked_logprob`) chooses it: the GEMM operands are
+in the autocast dtype when the backbone ran under autocast (bf16 with accelerate's `--bf16`), else in the hidden
+states' dtype, or fp32 with `cast_lm_head_to_fp32`; the logits and the log-softmax stay fp32 (awpo_kernels never
+rounds the logits). TRL's old / reference log-probs come from bf16 GEMMs under `--bf16`, so fp32 GEMMs here (fp32
+master weights) would make the ratio differ from 1 on-policy.
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 import awpo_kernels as ak
+from awpo_kernels._matmul import gemm_dtypes
 
 # Per-micro-batch inputs that only a vision-language model produces: the fused path runs text models only.
 MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "spatial_shapes", "image_sizes",
@@ -95,14 +105,47 @@ def check_text_inputs(inputs: dict) -> None:
                                   f"forward: {', '.join(present)}. Set fused_loss=False")
 
 
-def last_hidden_states(model, inputs: dict, autocast) -> torch.Tensor:
-    """[B, C, H]: the backbone's hidden states that predict the C completion tokens (no logits)."""
+def last_hidden_states(model, inputs: dict, autocast) -> tuple[torch.Tensor, torch.dtype | None]:
+    """([B, C, H] hidden states that predict the C completion tokens (no logits), the autocast dtype they were
+    computed under or None)."""
     input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
     attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
     completion_length = inputs["completion_ids"].size(1)
+    device_type = input_ids.device.type
     with autocast():
         out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return out.last_hidden_state[:, -completion_length - 1:-1]
+        autocast_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    return out.last_hidden_state[:, -completion_length - 1:-1], autocast_dtype
+
+
+def lm_head_compute_dtype(hidden_dtype: torch.dtype, autocast_dtype: torch.dtype | None,
+                          cast_lm_head_to_fp32: bool) -> torch.dtype:
+    """The dtype the LM-head GEMMs read, as TRL's fused head picks it: fp32 when asked, else the autocast dtype the
+    backbone ran under, else the hidden states' own."""
+    if cast_lm_head_to_fp32:
+        return torch.float32
+    return autocast_dtype if autocast_dtype is not None else hidden_dtype
+
+
+def lm_head_operands(hidden: torch.Tensor, weight: torch.Tensor, compute_dtype: torch.dtype):
+    """(hidden, weight) for `fused_linear_policy_loss` so that its GEMMs read `compute_dtype` operands.
+
+    The op picks its GEMM dtypes from its inputs (`awpo_kernels._matmul.gemm_dtypes`): on CUDA a bf16 hidden with
+    an fp32 master weight already runs bf16 GEMMs (the op casts the weight once, and its gradient stays fp32), so
+    the weight is passed as it is; where the op would read another dtype (CPU upcasts to fp32; an fp32 GEMM asked
+    for a bf16 weight) the weight is cast here, as autocast casts any other layer's weight.
+    """
+    hidden = hidden.to(compute_dtype)
+    cast = weight_cast(hidden.device.type, compute_dtype, weight.dtype)
+    return hidden, (weight if cast is None else weight.to(cast))
+
+
+def weight_cast(device_type: str, compute_dtype: torch.dtype, weight_dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype to cast the LM-head weight to before the op, or None when the op's GEMMs, given a
+    `compute_dtype` hidden state and this weight, already read `compute_dtype`."""
+    accumulate = torch.float64 if compute_dtype == torch.float64 else torch.float32
+    reads, _ = gemm_dtypes(device_type, compute_dtype, weight_dtype, accumulate, None)
+    return None if reads == compute_dtype else compute_dtype
 
 
 def loss_mask(inputs: dict) -> torch.Tensor:
@@ -152,17 +195,18 @@ def compute_fused_loss(unwrapped, inputs: dict, settings: LossSettings, *, autoc
     model = causal_lm(unwrapped)
     scale = lm_head_scale(model)
     mask = loss_mask(inputs)
-    hidden = last_hidden_states(model, inputs, autocast)
+    hidden, autocast_dtype = last_hidden_states(model, inputs, autocast)
+    compute_dtype = lm_head_compute_dtype(hidden.dtype, autocast_dtype, settings.cast_lm_head_to_fp32)
     rows, _ = torch.nonzero(mask, as_tuple=True)
     targets = inputs["completion_ids"][mask]
     weight, gather_context = gathered_lm_head(model.get_output_embeddings().weight)
     num_items, divisor = normalisation(settings, inputs, training)
     device = hidden.device
+    # autocast off: every dtype of the op is explicit (on CUDA it would otherwise read the caller's autocast)
     with gather_context, torch.autocast(device.type, enabled=False):
-        flat_hidden = hidden[mask].to(torch.float32 if settings.cast_lm_head_to_fp32 else weight.dtype)
+        flat_hidden, lm_weight = lm_head_operands(hidden[mask], weight, compute_dtype)
         result = ak.fused_linear_policy_loss(
-            flat_hidden, weight.float() if settings.cast_lm_head_to_fp32 else weight, targets,
-            inputs["advantages"].to(torch.float32), seq_ids=rows,
+            flat_hidden, lm_weight, targets, inputs["advantages"].to(torch.float32), seq_ids=rows,
             old_logprobs=_per_token(inputs.get("old_per_token_logps"), mask),
             ref_logprobs=_per_token(inputs.get("ref_per_token_logps"), mask) if settings.beta != 0.0 else None,
             importance_weights=_per_token(inputs.get("importance_sampling_ratio"), mask)

@@ -4,15 +4,20 @@ Everything distributed stays TRL's and accelerate's (DDP, FSDP, DeepSpeed, vLLM 
 
 - advantages: TRL gathers every process's rewards per reward function (`_calculate_rewards`, a
   `[global batch, n_funcs]` tensor, grouped by prompt). After TRL's own scoring, the gathered outcome (first
-  function) and reasoning score (second) go through `awpo.batch_advantages.compute_advantages`
+  function, plus the reward columns TRL appends for `environment_factory` environments with `get_reward`) and
+  reasoning score (second) go through `awpo.batch_advantages.compute_advantages`
   (`awpo_kernels.group_advantages`) and this process's slice replaces TRL's advantages, with per-sequence clip
-  bounds when `clip_shrink > 0`. AWPO's diagnostics are logged as `awpo/...` metrics, and the advantages shown
-  in TRL's completion logs are AWPO's.
+  bounds when `clip_shrink > 0`. AWPO's diagnostics are logged as `awpo/...` metrics, TRL's `reward` /
+  `reward_std` / `frac_reward_zero_std` describe that outcome, and the advantages shown in TRL's completion logs
+  are AWPO's.
 - loss (`fused_loss=True`): `awpo_kernels.fused_linear_policy_loss` on the last hidden state and the LM-head
   weight (`loss.py`), run inside the wrapped model's forward through TRL's `_ForwardRedirection` so DDP still
-  all-reduces the gradients and FSDP / ZeRO-3 keep the head gathered.
+  all-reduces the gradients and FSDP / ZeRO-3 keep the head gathered; the loss's inputs reach it in a closure,
+  out of reach of FSDP2's and DeepSpeed's casting of forward arguments.
 """
 from __future__ import annotations
+
+import logging
 
 import torch
 from trl import GRPOTrainer
@@ -25,8 +30,12 @@ from .loss import LossSettings, compute_fused_loss, lm_head_scale
 from .rewards import bind_rewards, outcome_reward, reasoning_reward
 from .vllm_sync import use_reload_sync
 
+logger = logging.getLogger(__name__)
+
 # Loss metrics of the fused op, logged under TRL's names as token means over every process.
 LOSS_METRICS = ("clip_ratio/low_mean", "clip_ratio/high_mean", "kl")
+# The only argument the wrapped model's forward gets for the fused loss (see `_compute_loss`).
+FORWARD_MARKER = "awpo-fused-loss"
 
 
 class AWPOTrainer(GRPOTrainer):
@@ -51,7 +60,15 @@ class AWPOTrainer(GRPOTrainer):
                              missing_reasoning_score=args.missing_reasoning_score)
         self.last_rewards: torch.Tensor | None = None      # [global batch, n_funcs] of the latest generation
         self.last_advantages: AdvantageBatch | None = None  # AWPO's advantages of that whole batch
+        given = len(funcs)  # TRL appends to this very list
         super().__init__(model, funcs, args, train_dataset, **kwargs)
+        # TRL appends one reward column per environment class with a `get_reward` (environment_factory) after the
+        # functions given here: AWPO folds them into the outcome (see `outcome_rewards`), never drops them
+        self.environment_reward_columns = list(range(given, len(self.reward_funcs)))
+        if self.environment_reward_columns:
+            names = ", ".join(self.reward_func_names[c] for c in self.environment_reward_columns)
+            logger.info("AWPOTrainer: the environments' get_reward (%s) are added to the outcome reward '%s' "
+                        "(weight 1, as TRL adds them to the reward)", names, self.reward_func_names[0])
         if args.fused_loss:
             self._check_fused_loss_model()
         self._forward_redirection = _ForwardRedirection()
@@ -76,6 +93,7 @@ class AWPOTrainer(GRPOTrainer):
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         batch = self.awpo_advantages(self.last_rewards, group_size)
         self.last_advantages = batch
+        self._log_trained_reward(self.outcome_rewards(self.last_rewards), group_size, mode)
         local = output["prompt_ids"].size(0)
         mine = slice(self.accelerator.process_index * local, (self.accelerator.process_index + 1) * local)
         device = output["advantages"].device
@@ -87,7 +105,24 @@ class AWPOTrainer(GRPOTrainer):
         return output
 
     def awpo_advantages(self, rewards: torch.Tensor, group_size: int) -> AdvantageBatch:
-        """AWPO advantages of a gathered `[global batch, n_funcs]` reward tensor (outcome, reasoning)."""
+        """AWPO advantages of a gathered `[global batch, n_funcs]` reward tensor (outcome, reasoning, and the
+        environments' rewards, which `outcome_rewards` adds to the outcome)."""
+        outcome = self.outcome_rewards(rewards)
+        reasoning = rewards[:, 1] if self.args.uses_reasoning else None
+        options = self.args.advantage_options()
+        low, high = options.outcome_range
+        if self.environment_reward_columns and bool(((outcome < low) | (outcome > high)).any()):
+            names = ", ".join(f"'{self.reward_func_names[c]}'" for c in self.environment_reward_columns)
+            raise ValueError(
+                f"the outcome AWPO trains on is '{self.reward_func_names[0]}' plus the environments' get_reward "
+                f"({names}); it spans [{float(outcome.min()):g}, {float(outcome.max()):g}], outside outcome_range="
+                f"[{low:g}, {high:g}]: set AWPOConfig.outcome_range to the range of that sum")
+        return compute_advantages(outcome, reasoning, group_size=group_size, options=options)
+
+    def outcome_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
+        """The outcome AWPO trains on: column 0 (the outcome function, never None / NaN) plus each environment's
+        `get_reward` column, weighted as TRL weighs it (`reward_weights`, 1 for an environment) and skipped where it
+        is NaN (a rollout of another environment), as TRL's `nansum` skips it."""
         outcome = rewards[:, 0]
         missing = torch.isnan(outcome)
         if bool(missing.any()):
@@ -95,8 +130,28 @@ class AWPOTrainer(GRPOTrainer):
                 f"the outcome reward '{self.reward_func_names[0]}' (the first reward function) returned None or NaN "
                 f"for {int(missing.sum())} of {outcome.numel()} completions: AWPO needs an outcome for every "
                 "completion (score output that cannot be checked as 0.0, as awpo's outcome_reward does)")
-        reasoning = rewards[:, 1] if self.args.uses_reasoning else None
-        return compute_advantages(outcome, reasoning, group_size=group_size, options=self.args.advantage_options())
+        for column in self.environment_reward_columns:
+            weight = self.reward_weights[column].to(rewards.device, rewards.dtype)
+            outcome = outcome + torch.nan_to_num(rewards[:, column] * weight, nan=0.0)
+        return outcome
+
+    def _log_trained_reward(self, outcome: torch.Tensor, group_size: int, mode: str) -> None:
+        """TRL's `reward`, `reward_std` and `frac_reward_zero_std` for what AWPO trains on: TRL logs the sum of every
+        reward column (the reasoning score included); here they describe the outcome (environment rewards included),
+        and `frac_reward_zero_std` is the share of completions in groups whose outcomes are all equal (AWPO's reasoning
+        term still moves those: `awpo/adv/rescued_groups`)."""
+        from trl.trainer.utils import nanstd
+
+        grouped = outcome.view(-1, group_size)
+        zero_std = torch.isclose(nanstd(grouped, dim=1), torch.zeros(grouped.size(0), device=outcome.device))
+        values = {"reward": outcome.mean().item(), "reward_std": nanstd(outcome).item(),
+                  "frac_reward_zero_std": zero_std.float().mean().item()}
+        for name, value in values.items():
+            logged = self._metrics[mode][name]
+            if logged:  # TRL appended its own value for this batch just before
+                logged[-1] = value
+            else:
+                logged.append(value)
 
     def _log_advantages(self, batch: AdvantageBatch, mode: str) -> None:
         """AWPO's diagnostics into TRL's metrics; AWPO's advantages into TRL's completion log (not TRL's own)."""
@@ -113,16 +168,24 @@ class AWPOTrainer(GRPOTrainer):
             return super()._compute_loss(model, inputs)
         unwrapped = self.accelerator.unwrap_model(model)
         training = self.model.training
-        loss, token_count, metrics = self._forward_redirection(
-            model, unwrapped, self._fused_loss_in_forward, unwrapped, inputs, self._loss_settings(training), training)
+        settings = self._loss_settings(training)
+
+        def fused_loss_in_forward(_marker):
+            """Runs inside the wrapper's forward; returns plain tensors for the wrapper.
+
+            The loss's inputs (advantages, old / reference log-probs, importance ratios: fp32) reach it through
+            this closure, never as the wrapper's forward arguments, which FSDP2's `cast_forward_inputs` (on by
+            default under mixed precision) and DeepSpeed cast to bf16. The wrapper gets one string instead: DDP
+            indexes its (moved) inputs, so it needs an argument, and a string is nothing any wrapper casts.
+            """
+            result = compute_fused_loss(unwrapped, inputs, settings, autocast=self.accelerator.autocast,
+                                        training=training)
+            return result.loss, result.token_count, result.metrics
+
+        loss, token_count, metrics = self._forward_redirection(model, unwrapped, fused_loss_in_forward,
+                                                               FORWARD_MARKER)
         self._log_loss_metrics(token_count, metrics, "train" if training else "eval")
         return loss
-
-    def _fused_loss_in_forward(self, unwrapped, inputs, settings: LossSettings, training: bool):
-        """Runs inside the wrapper's forward (see `_compute_loss`); returns plain tensors for the wrapper."""
-        result = compute_fused_loss(unwrapped, inputs, settings, autocast=self.accelerator.autocast,
-                                    training=training)
-        return result.loss, result.token_count, result.metrics
 
     def _loss_settings(self, training: bool) -> LossSettings:
         return LossSettings(

@@ -1,7 +1,10 @@
 """AWPO as a verl plugin: advantage estimators, a policy loss and a reward function for verl 0.9.1.
 
-Importing this package (verl does it through the ``verl.plugins`` entry point that installing awpo
-declares, in every process that imports verl) registers:
+Importing this package registers what follows in *that process*. verl's TaskRunner and workers are Ray
+actors, so every one of them must import it: verl does so through the ``verl.plugins`` entry point where
+awpo is pip-installed, through ``VERL_USE_EXTERNAL_MODULES=awpo.integrations.verl``, or through
+``actor_rollout_ref.model.external_lib=awpo.integrations.verl`` (``registration``, which also checks this at
+start-up). It registers:
 
 - advantage estimators ``awpo``, ``awpo_mixed``, ``awpo_reward_sum``, ``awpo_gdpo``
   (``algorithm.adv_estimator=awpo``; ``estimators``), which read each sample's ``outcome`` and
@@ -17,9 +20,23 @@ without it, importing this package registers nothing (and ``register()`` raises 
 from __future__ import annotations
 
 import importlib.util
+import logging
 
-from .estimators import ESTIMATOR_NAMES, VERL_NAMES
-from .loss import LOSS_NAME
+_logger = logging.getLogger(__name__)
+
+
+def _log_load_error(exc: BaseException) -> None:
+    """verl 0.9.1 catches a plugin's import error and logs it at DEBUG only: say it where it is seen."""
+    _logger.warning("awpo.integrations.verl did not load, so AWPO's estimators and loss are not registered in this "
+                    "process: %s: %s", type(exc).__name__, exc, exc_info=exc)
+
+
+try:
+    from .estimators import ESTIMATOR_NAMES, VERL_NAMES
+    from .loss import LOSS_NAME
+except Exception as _exc:
+    _log_load_error(_exc)
+    raise
 
 __all__ = ["ESTIMATOR_NAMES", "LOSS_NAME", "VERL_NAMES", "register"]
 
@@ -59,4 +76,11 @@ def verl_installed() -> bool:
 
 
 if verl_installed():
-    register()
+    try:
+        from . import registration
+
+        registration.check_at_import()  # PluginSetupError before verl's state changes
+        register()
+    except Exception as _exc:
+        _log_load_error(_exc)
+        raise

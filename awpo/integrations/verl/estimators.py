@@ -33,7 +33,7 @@ import torch
 from awpo_kernels import group_advantages
 from awpo_kernels.advantages import ESTIMATORS
 
-from . import shim
+from . import registration, shim
 
 KERNEL_OPTIONS = ("scale", "unbiased", "eps", "outcome_range", "gate", "gate_threshold", "weight", "reasoning_coef",
                   "clip", "clip_ratio", "clip_max")
@@ -212,8 +212,9 @@ def _score(value, key: str, row: int, allow_nan: bool) -> float:
 def _no_data_message(name: str) -> str:
     message = (f"adv_estimator={name} got no non_tensor_batch (the per-sample outcome and reasoning scores): verl "
                "passes it only to its own 'gdpo' estimator, and awpo's shim, which hands it over, is not active in "
-               "this process. Import awpo.integrations.verl in the trainer process (installing awpo registers it as "
-               "a verl plugin; or set VERL_USE_EXTERNAL_MODULES=awpo.integrations.verl).")
+               "this process: verl's compute_advantage was not patched, or was called outside it. The shim is "
+               "installed by importing awpo.integrations.verl, which must happen in every verl process. "
+               f"{registration.FIXES}")
     try:
         shim.needs_shim(shim.installed_version())
     except Exception as exc:  # an unknown verl version is the likely reason: say so

@@ -23,6 +23,12 @@ options mapped:
 AWPO's advantages are one per sequence: verl broadcasts each over the sequence's response tokens, and
 the loss takes it back (an estimator whose advantages vary along a response, such as GAE, is refused).
 KL and entropy terms stay verl's (``use_kl_loss``, ``entropy_coeff``): they are added by verl's actor.
+
+verl's own losses clamp the log-ratio ``log_prob - old_log_prob`` to [-20, 20] before ``exp`` (gradient zero
+outside). ``awpo_kernels.policy_loss`` does not: a token whose log-ratio exceeds ~88 overflows fp32 to an infinite
+ratio, and although the clip zeroes its loss term, its gradient is NaN (inf x 0), which poisons the whole update.
+The loss keeps verl's clamp (``verl_log_ratio_clamp``): tokens outside the range enter with the clamped ratio and no
+gradient, exactly as in verl; tokens inside are passed bit for bit.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import torch
 from awpo_kernels import policy_loss
 
 LOSS_NAME = "awpo"
+LOG_RATIO_CLAMP = 20.0  # verl 0.9.1's compute_policy_loss_*: clamp(log_prob - old_log_prob, -20, 20) before exp
 AGG_MODES = {"token-mean": "dapo", "token-sum": "dapo", "seq-mean-token-mean": "grpo",
              "seq-mean-token-sum": "dr_grpo", "seq-mean-token-sum-norm": "dr_grpo"}
 
@@ -46,10 +53,28 @@ def awpo_policy_loss(old_log_prob: torch.Tensor, log_prob: torch.Tensor, advanta
     epsilon_low, epsilon_high, delta = clip_bounds(config)
     mask = response_mask.bool()
     loss_type, options, factor = aggregation(loss_agg_mode, mask, _batch_info(config))
+    log_prob, old_log_prob = verl_log_ratio_clamp(log_prob, old_log_prob)
     out = policy_loss(log_prob, sequence_advantages(advantages, mask), mask, old_logprobs=old_log_prob,
                       importance_weights=rollout_is_weights, epsilon_low=epsilon_low, epsilon_high=epsilon_high,
                       delta=delta, loss_type=loss_type, **options)
     return out.loss * factor, _metrics(out.metrics, log_prob, old_log_prob, advantages, mask, delta)
+
+
+def verl_log_ratio_clamp(log_prob: torch.Tensor, old_log_prob: torch.Tensor):
+    """(log_prob, old_log_prob) whose difference is verl's clamped log-ratio, with verl's gradient.
+
+    Where ``|log_prob - old_log_prob| > 20`` the log-prob enters detached (torch.clamp passes no gradient there) and
+    the old log-prob is moved so the difference is the clamped value (up to one rounding); elsewhere both are the
+    inputs themselves, untouched.
+    """
+    with torch.no_grad():
+        log_ratio = log_prob.detach() - old_log_prob
+        outside = log_ratio.abs() > LOG_RATIO_CLAMP
+    if not bool(outside.any()):
+        return log_prob, old_log_prob
+    detached = log_prob.detach()
+    clamped_old = detached - log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return torch.where(outside, detached, log_prob), torch.where(outside, clamped_old, old_log_prob)
 
 
 def clip_bounds(config) -> tuple[float, float, float]:

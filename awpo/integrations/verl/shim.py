@@ -15,7 +15,10 @@ The shim, for the verl versions in ``SHIMMED_VERSIONS``:
 - wraps the v1 ``PPOTrainer._compute_advantage``: when ``algorithm.adv_estimator`` is one of AWPO's,
   it first reads the score keys from each trajectory's ``extra_fields["reward_extra_info"]`` in the
   TransferQueue (or from fields of that name, where a colocated reward model wrote them), and the
-  ``compute_advantage`` wrapper adds them to the batch's ``non_tensor_batch``.
+  ``compute_advantage`` wrapper adds them to the batch's ``non_tensor_batch``;
+- wraps ``verl.utils.config.validate_config`` (the launching process, before Ray starts): a config that
+  uses AWPO without a route that registers the plugin in verl's Ray workers is refused
+  (``registration.check``).
 
 Modules imported after the plugin are patched as they finish executing (an import hook); modules
 already imported are patched at once, including every module that took ``compute_advantage`` by name.
@@ -40,6 +43,7 @@ SHIMMED_VERSIONS = ("0.9.1",)
 NATIVE_VERSIONS: tuple[str, ...] = ()
 RAY_TRAINER = "verl.trainer.ppo.ray_trainer"
 V1_TRAINER = "verl.trainer.ppo.v1.trainer_base"
+CONFIG = "verl.utils.config"  # validate_config: the launching process's start-up check (registration.check)
 
 _NON_TENSOR_BATCH = contextvars.ContextVar("awpo_verl_non_tensor_batch", default=None)
 _V1_SCORES = contextvars.ContextVar("awpo_verl_v1_scores", default=None)
@@ -89,7 +93,8 @@ def install(estimators: Iterable[str], score_keys: Callable, version: str | None
     _state["estimators"] = frozenset(estimators)
     _state["score_keys"] = score_keys
     if _state["hook"] is None:
-        _state["hook"] = _AfterImport({RAY_TRAINER: _patch_ray_trainer, V1_TRAINER: _patch_v1_trainer})
+        _state["hook"] = _AfterImport({RAY_TRAINER: _patch_ray_trainer, V1_TRAINER: _patch_v1_trainer,
+                                       CONFIG: _patch_validate_config})
         sys.meta_path.insert(0, _state["hook"])
     for name, patch in _state["hook"].patches.items():
         if name in sys.modules:
@@ -108,11 +113,36 @@ def _patch_ray_trainer(module) -> None:
     if is_patched(original):
         return
     _check_parameters(original, ("data", "adv_estimator"), f"{RAY_TRAINER}.compute_advantage")
-    wrapper = _wrap_compute_advantage(original)
-    for loaded in list(sys.modules.values()):  # every module that did `from ... import compute_advantage`
+    _rebind("compute_advantage", original, _wrap_compute_advantage(original))
+
+
+def _rebind(name: str, original, wrapper) -> None:
+    """`wrapper` in place of `original` in every loaded module that holds it under `name` (its own module, and every
+    module that did `from ... import name`)."""
+    for loaded in list(sys.modules.values()):
         namespace = getattr(loaded, "__dict__", None)  # not getattr(): lazy modules import on lookup
-        if isinstance(namespace, dict) and namespace.get("compute_advantage") is original:
-            loaded.compute_advantage = wrapper
+        if isinstance(namespace, dict) and namespace.get(name) is original:
+            setattr(loaded, name, wrapper)
+
+
+def _patch_validate_config(module) -> None:
+    """verl's `validate_config` (the launching process, before Ray starts) also refuses a config that uses AWPO when
+    no route registers the plugin in verl's Ray workers (`registration.check`)."""
+    original = module.validate_config
+    if is_patched(original):
+        return
+    _check_parameters(original, ("config",), f"{CONFIG}.validate_config")
+
+    @functools.wraps(original)
+    def validate_config(config, *args, **kwargs):
+        result = original(config, *args, **kwargs)
+        from .registration import check
+
+        check(config)
+        return result
+
+    setattr(validate_config, _SHIMMED, original)
+    _rebind("validate_config", original, validate_config)
 
 
 def _wrap_compute_advantage(original):
@@ -175,12 +205,17 @@ def fetch_v1_scores(queue, batch, keys: Iterable[str]) -> dict[str, np.ndarray]:
 
 
 def _field(queue, batch, name: str) -> list | None:
-    """One field of every trajectory in the batch, or None when the queue does not hold it."""
-    try:
-        data = queue.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[name])
-        return list(data[name])
-    except Exception:  # not there: the estimator reports the missing key, with the keys the batch has
+    """One field of every trajectory in the batch, or None when the queue does not hold it.
+
+    TransferQueue (0.1.11, verl 0.9.1's) leaves a field the keys do not have out of its answer (``select_fields``
+    keeps the known ones; with none left it returns an empty TensorDict), so absence is a missing key in the
+    answer, and only that is None (the estimator then reports the missing score key). Anything the queue raises
+    (keys or partition not found, fields not ready, a lost controller) is an error and propagates.
+    """
+    data = queue.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[name])
+    if name not in data.keys():
         return None
+    return list(data[name])
 
 
 def _reward_extra_info(row) -> dict:
