@@ -1,8 +1,9 @@
 """`python -m awpo.train`: train a tool-using LLM with AWPO.
 
-With no arguments it trains the embedded default (SmolLM2-135M-Instruct on the built-in tool-use
-tasks, vLLM rollouts; `awpo/configs/default.yaml`), shows a progress bar with the live reward,
-and ends with the held-out accuracy before and after training. `--help` lists every option.
+With no arguments it trains the default run (SmolLM2-135M-Instruct on the built-in tool-use tasks,
+vLLM rollouts, sized for a 2-core CPU: the defaults of `awpo.config.Config`), shows a progress bar
+with the live reward, and ends with the held-out accuracy before and after training. `--help` lists
+every option with its default.
 """
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ import os
 import sys
 import warnings
 from pathlib import Path
-
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 
 def _quiet_third_party_logs() -> None:
@@ -29,13 +28,6 @@ def _quiet_third_party_logs() -> None:
         transformers.logging.disable_progress_bar()
     except ImportError:
         pass
-
-
-def with_default_config(argv: list[str]) -> list[str]:
-    """The shipped default.yaml applies unless the user gives their own --config."""
-    if any(arg == "--config" or arg.startswith("--config=") for arg in argv):
-        return argv
-    return ["--config", str(DEFAULT_CONFIG), *argv]
 
 
 def _percent(value: float) -> str:
@@ -82,15 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         from .config import build_parser
 
-        parser = build_parser()
-        settings = [line.split("#")[0].strip() for line in DEFAULT_CONFIG.read_text().splitlines()]
-        parser.epilog = (f"Without --config, {DEFAULT_CONFIG.name} applies first (the CPU-sized default run): "
-                         + "; ".join(line for line in settings if line))
-        parser.parse_args(argv)  # prints the help and exits
+        build_parser().parse_args(argv)  # prints the help and exits
     _quiet_third_party_logs()
     from .config import parse_args
 
-    config = parse_args(with_default_config(argv))
+    config = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("awpo").setLevel(logging.INFO)

@@ -4,7 +4,7 @@
     python -m awpo.ablation --variants grpo,reward_sum,gdpo,awpo --seeds 0,1,2 \\
         --output_dir runs/ablation -- --max_steps 20
 
-Options after `--` go to every `python -m awpo.train` run (on top of its default.yaml). `--config
+Options after `--` go to every `python -m awpo.train` run (on top of its defaults). `--config
 FILE` reads the same settings from YAML (`variants`, `seeds`, `output_dir`, `parallel`, `eval_seed`,
 `eval_tasks`, `title`, and `train:` a mapping of training options); command-line options win.
 Stopping is safe: run it again with the same options and finished runs are reused, interrupted ones

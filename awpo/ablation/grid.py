@@ -22,7 +22,6 @@ from pathlib import Path
 
 from ..checkpoint import list_checkpoints
 from ..config import Config, ConfigError, build_parser, config_from_options, underscored
-from ..train import with_default_config
 
 RESULT_FILE = "result.json"
 BASE = "base"
@@ -123,15 +122,15 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def train_config(args: list[str]) -> Config:
-    """The Config `python -m awpo.train ARGS` would run (default.yaml first unless ARGS has --config);
-    ConfigError (not SystemExit) for a bad or unknown option."""
+    """The Config `python -m awpo.train ARGS` would run; ConfigError (not SystemExit) for a bad or
+    unknown option."""
     parser = build_parser()
 
     def error(message: str):
         raise ConfigError(message)
 
     parser.error = error
-    options = vars(parser.parse_args(underscored(with_default_config(list(args)))))
+    options = vars(parser.parse_args(underscored(list(args))))
     return config_from_options(options)
 
 

@@ -6,7 +6,7 @@ them), and inside those groups, does a judge rank the completions the way the gr
         [--prompts 64] [--generations 8] [--categories simple,multiple,irrelevance] [--seed 0] [--threads 1] \\
         [-- TRAIN OPTIONS]
 
-The rollouts are the trainer's: the run's config as `python -m awpo.train` builds it (default.yaml,
+The rollouts are the trainer's: the run's config as `python -m awpo.train` builds it (its defaults,
 binary outcome, worked examples, then the TRAIN OPTIONS), its training task stream from `--seed`, its
 rollout engine on the base model, and batches of `prompts_per_step` prompts sampled with the seeds of
 training steps 1, 2, ... Every completion is scored with the exact (binary) outcome, the graded outcome,

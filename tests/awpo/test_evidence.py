@@ -339,4 +339,4 @@ def test_phase0_config_is_the_trainers_with_the_binary_outcome():
     assert (config.graded_outcome, config.worked_examples, config.eval_dataset, config.dataset) == (
         False, True, "none", "builtin")
     assert (config.categories, config.seed, config.cpu_threads, config.temperature) == ("simple,multiple", 3, 1, 0.9)
-    assert config.max_completion_length == 128 and config.prompts_per_step == 4   # default.yaml
+    assert config.max_completion_length == 128 and config.prompts_per_step == 4   # the defaults
