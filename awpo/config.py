@@ -23,8 +23,6 @@ from awpo_kernels import LossOptions
 
 from .data.task import CATEGORIES
 
-_AWPO = KernelAdvantageOptions()  # the kernels' AdvantageOptions own the AWPO options' defaults
-
 
 class ConfigError(ValueError):
     """A bad option value: the message names the option, the value and what is allowed."""
@@ -35,6 +33,12 @@ def option(default, help: str, *, choices: tuple | None = None, low: float | Non
     """A config field; `low`/`high` are inclusive bounds (`low_open`: strictly greater than `low`)."""
     return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high,
                                             "low_open": low_open, "group": group})
+
+
+def kernel_option(name: str, **bounds):
+    """An AWPO advantage option whose default, help and choices `awpo_kernels.AdvantageOptions` owns."""
+    spec = KernelAdvantageOptions.spec(name)
+    return option(spec.default, spec.doc, choices=spec.choices, group="awpo", **bounds)
 
 
 @dataclass
@@ -151,26 +155,16 @@ class Config:
     vllm_importance_sampling_cap: float = option(2.0, "cap of the importance ratio", low=1.0, group="loss")
 
     # ---- AWPO advantages (docs/SPEC.md section 2) ---------------------------------------------------
-    estimator: str = option(_AWPO.estimator, "'awpo' (outcome + gated reasoning term), 'grpo' (outcome only); "
-                            "for ablations 'awpo_mixed' (mix at the reward level), 'reward_sum' (GRPO on outcome + "
-                            "reasoning_coef * reasoning) or 'gdpo' (each reward normalised in its group, summed, "
-                            "whitened over the batch)", choices=KernelAdvantageOptions.ESTIMATORS, group="awpo")
-    gate: str = option(_AWPO.gate, "variance-aware gate of the reasoning term ('none': 1 everywhere, an ablation)",
-                       choices=KernelAdvantageOptions.GATES, group="awpo")
-    gate_threshold: float = option(_AWPO.gate_threshold, "the 'hard' gate opens when the outcome variance is <= this",
-                                   low=0.0, group="awpo")
-    weight: str = option(_AWPO.weight, "difficulty weight: 'linear' (1 - pass rate), 'bernoulli' (4p(1-p)) "
-                         "or 'none'", choices=KernelAdvantageOptions.WEIGHTS, group="awpo")
-    clip: str = option(_AWPO.clip, "tailored clip of the reasoning term ('sign': it never flips the outcome "
-                       "advantage)", choices=KernelAdvantageOptions.CLIPS, group="awpo")
-    clip_ratio: float = option(_AWPO.clip_ratio, "reasoning term bound as a share of |outcome advantage|", low=0.0,
-                               low_open=True, group="awpo")
-    clip_max: float = option(_AWPO.clip_max, "reasoning term bound when the group's outcomes are all equal", low=0.0,
-                             low_open=True, group="awpo")
-    clip_shrink: float = option(_AWPO.clip_shrink, "dynamic PPO clip: epsilon / (1 + clip_shrink * gate * weight)",
-                                low=0.0, group="awpo")
-    reasoning_coef: float = option(_AWPO.reasoning_coef, "reasoning term coefficient (0: plain GRPO advantages)",
-                                   low=0.0, group="awpo")
+    # default, help text and allowed values from awpo_kernels.AdvantageOptions (written once, there)
+    estimator: str = kernel_option("estimator")
+    gate: str = kernel_option("gate")
+    gate_threshold: float = kernel_option("gate_threshold", low=0.0)
+    weight: str = kernel_option("weight")
+    clip: str = kernel_option("clip")
+    clip_ratio: float = kernel_option("clip_ratio", low=0.0, low_open=True)
+    clip_max: float = kernel_option("clip_max", low=0.0, low_open=True)
+    clip_shrink: float = kernel_option("clip_shrink", low=0.0)
+    reasoning_coef: float = kernel_option("reasoning_coef", low=0.0)
     judge: str = option("rule", "reasoning judge: 'rule' (grounded in the request and the offered tools), "
                         "'reference' (a CONTROL that reads the task's answer), 'llm' (a model answers a rubric: "
                         "judge_model, judge_url, or else the policy itself) or 'none'",

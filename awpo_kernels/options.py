@@ -61,8 +61,30 @@ def _option(default, doc: str):
     return field(default=default, metadata={"doc": doc})
 
 
+@dataclasses.dataclass(frozen=True)
+class OptionSpec:
+    """One option as every front end shows it: its default, its help text and its allowed values."""
+
+    name: str
+    default: object
+    doc: str
+    choices: tuple[str, ...] | None
+
+
 class _Documented:
-    """`describe()`: one indented line per option (name, type, default, doc), for the ops' docstrings."""
+    """`describe()`: one indented line per option (name, type, default, doc), for the ops' docstrings;
+    `spec(name)`: the option's default, help and choices, which the trainer's `Config`, TRL's
+    `AWPOConfig` and the command lines take from here (one definition per option)."""
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    @classmethod
+    def spec(cls, name: str) -> OptionSpec:
+        by_name = {f.name: f for f in dataclasses.fields(cls)}
+        if name not in by_name:
+            raise KeyError(f"{cls.__name__} has no option {name!r}")
+        option = by_name[name]
+        return OptionSpec(name, option.default, option.metadata["doc"], cls.CHOICES.get(name))
 
     @classmethod
     def describe(cls, indent: str = "    ", exclude: tuple[str, ...] = ()) -> str:
@@ -96,6 +118,8 @@ class LossOptions(_Documented):
     LOSS_TYPES: ClassVar[tuple[str, ...]] = typing.get_args(LossType)
     KL_TYPES: ClassVar[tuple[str, ...]] = typing.get_args(KlType)
     IMPORTANCE_SAMPLING_LEVELS: ClassVar[tuple[str, ...]] = typing.get_args(ImportanceSamplingLevel)
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "loss_type": LOSS_TYPES, "kl_type": KL_TYPES, "importance_sampling_level": IMPORTANCE_SAMPLING_LEVELS}
 
     temperature: float = _option(1.0, "the logits are divided by it before the softmax (the rollout's sampling "
                                       "temperature); `policy_loss` takes log-probs already and ignores it")
@@ -160,23 +184,28 @@ class AdvantageOptions(_Documented):
     GATES: ClassVar[tuple[str, ...]] = typing.get_args(Gate)
     WEIGHTS: ClassVar[tuple[str, ...]] = typing.get_args(Weight)
     CLIPS: ClassVar[tuple[str, ...]] = typing.get_args(Clip)
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "estimator": ESTIMATORS, "scale": SCALES, "gate": GATES, "weight": WEIGHTS, "clip": CLIPS}
 
     estimator: Estimator = _option(
-        "awpo", "'awpo' (A^o + gated, weighted, sign-clipped reasoning term), 'grpo' (A^o only); ablations "
-                "'awpo_mixed' (mixing at the reward level), 'reward_sum' (GRPO on o + reasoning_coef * s, a NaN "
-                "score counting as 0) and 'gdpo' (A^o + reasoning_coef * A^s whitened over the batch)")
+        "awpo", "'awpo' (the outcome advantage + a gated, weighted, sign-clipped reasoning term), 'grpo' (the "
+                "outcome advantage only); for ablations 'awpo_mixed' (mixing at the reward level), 'reward_sum' "
+                "(GRPO on outcome + reasoning_coef * reasoning, a missing score counting as 0) and 'gdpo' (each "
+                "reward normalised in its group, summed, whitened over the batch)")
     scale: Scale = _option("group", "'group': divide by the group std (GRPO); 'none': x - mean (Dr. GRPO)")
     unbiased: bool = _option(True, "std with Bessel's correction (n - 1)")
     eps: float = _option(1e-6, "added to every std before dividing (> 0)")
     outcome_range: tuple[float, float] = _option((0.0, 1.0), "(min, max) the outcome rewards live in: the pass "
                                                              "rate and the soft gate are read on this scale")
-    gate: Gate = _option("soft", "variance-aware gate: 'soft', 'hard', 'ratio' or 'none' (g = 1, an ablation)")
+    gate: Gate = _option("soft", "variance-aware gate of the reasoning term: 'soft' (1 - outcome spread), 'hard', "
+                                 "'ratio' or 'none' (1 everywhere, an ablation)")
     gate_threshold: float = _option(0.0, "the 'hard' gate opens when the outcome variance is <= this")
     weight: Weight = _option("linear", "difficulty weight: 'linear' (1 - pass rate), 'bernoulli' (4p(1-p)) "
                                        "or 'none'")
-    reasoning_coef: float = _option(1.0, "reasoning term coefficient")
-    clip: Clip = _option("sign", "tailored clip of the reasoning term ('sign': it never flips A^o) or 'none'")
-    clip_ratio: float = _option(0.5, "reasoning term bound as a share of |A^o|")
+    reasoning_coef: float = _option(1.0, "reasoning term coefficient (0: plain GRPO advantages)")
+    clip: Clip = _option("sign", "tailored clip of the reasoning term ('sign': it never flips the outcome "
+                                 "advantage) or 'none'")
+    clip_ratio: float = _option(0.5, "reasoning term bound as a share of |outcome advantage|")
     clip_max: float = _option(1.0, "reasoning term bound when the group's outcomes are all equal")
     clip_shrink: float = _option(0.0, "dynamic PPO clip: epsilon / (1 + clip_shrink * gate * weight), every "
                                       "estimator but grpo")

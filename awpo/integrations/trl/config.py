@@ -1,7 +1,8 @@
 """`AWPOConfig`: TRL's `GRPOConfig` plus AWPO's options, with the names and defaults of `python -m awpo.train`.
 
 Every AWPO option is checked when the config is built, by the same code that checks `python -m awpo.train`'s
-(`awpo.batch_advantages.AdvantageOptions`, whose allowed values come from `awpo_kernels.advantages`), so a bad value
+(`awpo.batch_advantages.AdvantageOptions`, whose allowed values, defaults and help come from
+`awpo_kernels.AdvantageOptions`), so a bad value
 fails before any model is loaded, with a message naming the option. TRL options that AWPO's fused loss does not
 implement fail here too (`fused_loss=False` keeps TRL's own loss for them).
 """
@@ -13,14 +14,21 @@ from trl import GRPOConfig
 
 from awpo.batch_advantages import AdvantageOptions
 from awpo.judges.base import MISSING_REASONING_SCORE, check_missing_reasoning_score
+from awpo_kernels import AdvantageOptions as KernelAdvantageOptions
+from awpo_kernels import LossOptions
 
 # TRL loss types that `awpo_kernels.fused_linear_policy_loss` computes (SPEC section 3, TRL's names).
-FUSED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
-_AWPO = AdvantageOptions()  # the AWPO options' defaults, owned by awpo_kernels.AdvantageOptions
+FUSED_LOSS_TYPES = LossOptions.LOSS_TYPES
 
 
 def _awpo(default, help_text: str):
     return field(default=default, metadata={"help": f"[AWPO] {help_text}"})
+
+
+def _kernel(name: str, note: str = ""):
+    """An AWPO advantage option whose default and help `awpo_kernels.AdvantageOptions` owns."""
+    spec = KernelAdvantageOptions.spec(name)
+    return _awpo(spec.default, spec.doc + note)
 
 
 @dataclass
@@ -32,18 +40,16 @@ class AWPOConfig(GRPOConfig):
     `clip_shrink` tightens per group, and TRL's `scale_rewards` ("group" or "none") scales the outcome advantage.
     """
 
-    estimator: str = _awpo(_AWPO.estimator, "'awpo' (outcome + gated reasoning term), 'grpo' (outcome only), or "
-                                             "an ablation estimator of awpo_kernels.group_advantages")
-    gate: str = _awpo(_AWPO.gate, "variance-aware gate of the reasoning term")
-    gate_threshold: float = _awpo(_AWPO.gate_threshold, "the 'hard' gate opens when the outcome variance is <= this")
-    weight: str = _awpo(_AWPO.weight, "difficulty weight: 'linear' (1 - pass rate), 'bernoulli' (4p(1-p)) or 'none'")
-    reasoning_coef: float = _awpo(_AWPO.reasoning_coef, "reasoning term coefficient (0: plain GRPO advantages)")
-    clip: str = _awpo(_AWPO.clip, "tailored clip of the reasoning term ('sign': it never flips the outcome "
-                                  "advantage)")
-    clip_ratio: float = _awpo(_AWPO.clip_ratio, "reasoning term bound as a share of |outcome advantage|")
-    clip_max: float = _awpo(_AWPO.clip_max, "reasoning term bound when the group's outcomes are all equal")
-    clip_shrink: float = _awpo(_AWPO.clip_shrink, "dynamic PPO clip: epsilon / (1 + clip_shrink * gate * weight), "
-                                                  "per group (needs fused_loss)")
+    # default and help text from awpo_kernels.AdvantageOptions (written once, there)
+    estimator: str = _kernel("estimator")
+    gate: str = _kernel("gate")
+    gate_threshold: float = _kernel("gate_threshold")
+    weight: str = _kernel("weight")
+    reasoning_coef: float = _kernel("reasoning_coef")
+    clip: str = _kernel("clip")
+    clip_ratio: float = _kernel("clip_ratio")
+    clip_max: float = _kernel("clip_max")
+    clip_shrink: float = _kernel("clip_shrink", " (needs fused_loss)")
     graded_outcome: bool = _awpo(True, "awpo's outcome_reward gives partial credit (names, parameters, values) "
                                        "instead of 1/0")
     # float | None; `str` lets the command line say 'none' (HfArgumentParser parses the field as text then)
