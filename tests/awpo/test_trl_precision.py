@@ -74,7 +74,15 @@ def loss_value(trainer, inputs) -> float:
 
 @pytest.fixture
 def gloo_group():
-    """A one-process gloo group (FSDP2 needs a process group; FileStore: no port to pick), destroyed after."""
+    """A one-process gloo group (FSDP2 needs a process group; FileStore: no port to pick), destroyed after.
+
+    In a full run an earlier test may have left this process's default group up (a vLLM engine starts
+    one): a one-process gloo group is what the test needs, so it is used as it is and left alone."""
+    if dist.is_initialized():
+        if dist.get_world_size() != 1 or dist.get_backend() != "gloo":
+            pytest.fail(f"an earlier test left a {dist.get_backend()} group of {dist.get_world_size()} processes")
+        yield
+        return
     with tempfile.NamedTemporaryFile(delete=False) as store_file:
         store = dist.FileStore(store_file.name, 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
