@@ -112,7 +112,7 @@ def attention_implementation(device: str | torch.device = "cpu") -> str:
 
     This is the model's own attention (generation, unpacked forwards). The packed training forward of a
     group's shared prompt switches to FlexAttention on CUDA for its duration, flash-attention or not
-    (`awpo.attention`), and uses a dense mask through SDPA on CPU.
+    (`awpo.attention`), and to the grouped blocks of allowed pairs on CPU.
     """
     on_cuda = torch.device(device).type == "cuda"
     if on_cuda and importlib.util.find_spec("flash_attn") is not None:

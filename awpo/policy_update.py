@@ -5,9 +5,10 @@ last hidden state and `awpo_kernels.fused_linear_policy_loss` takes that and the
 
 Sequences are packed padding-free: the micro-batch is one row, `position_ids` restart at 0 for
 each sequence, and `use_cache=False` (transformers then keeps the packed sequences from attending
-to each other). A group's prompt is packed once for its G responses (`awpo.attention`: a dense mask
-on CPU, a FlexAttention block mask on CUDA, O(T) memory). Only the hidden states that predict a loss
-token (a token the policy sampled) go into the loss.
+to each other). A group's prompt is packed once for its G responses (`awpo.attention`: on CPU the
+"grouped" attention, which computes only the prompt blocks and each response against its prompt and
+itself; on CUDA a FlexAttention block mask, O(T) memory; a dense [T, T] mask on request). Only the
+hidden states that predict a loss token (a token the policy sampled) go into the loss.
 
 With `bf16_autocast` the fused loss runs under the same autocast: on CUDA its LM-head GEMMs then read
 bf16 operands (fp32 logits and softmax); on CPU it computes in fp32 either way.
@@ -17,6 +18,9 @@ once, however it is split into micro-batches (the token count or sequence count 
 mini-batch is the denominator). Sequences whose loss is identically zero (advantage 0 with no KL
 or entropy term, or no loss token) are skipped in the forward passes; they still count in the
 denominators, so skipping them changes no number.
+
+The update's phases run inside `torch.profiler.record_function` ranges (`PHASES`, and `LM_HEAD_RANGE` around
+the LM-head ops), which cost nothing measurable outside a profiler: `benchmarks/train_step.py` reads them.
 """
 from __future__ import annotations
 
@@ -30,6 +34,11 @@ import torch
 import awpo_kernels as ak
 
 from . import attention
+
+# profiler ranges of the update's phases (benchmarks/train_step.py): packing and the no-grad passes (old /
+# reference log-probs), the forward to the loss, its backward, and the optimizer step (zeroing, clipping)
+PHASES = ("awpo::prepare", "awpo::forward", "awpo::backward", "awpo::optimizer")
+LM_HEAD_RANGE = "awpo::lm_head"  # the fused LM-head ops inside those phases (fp32 on CPU)
 
 
 @dataclass
@@ -78,7 +87,8 @@ class MicroBatch:
     targets: torch.Tensor           # [N] the loss tokens
     seq_ids: torch.Tensor           # [N] in [0, len(seq_indices))
     sampling_logprobs: torch.Tensor  # [N]
-    # shared-prompt packing only: [1, 1, T, T] bool ("dense") or a FlexAttention BlockMask ("flex")
+    # shared-prompt packing only: an awpo.attention.GroupedPlan ("grouped"), a [1, 1, T, T] bool ("dense") or a
+    # FlexAttention BlockMask ("flex")
     attention_mask: object | None = None
     attention: str | None = None
     old_logprobs: torch.Tensor | None = None
@@ -93,8 +103,9 @@ def pack(batch: RolloutBatch, seq_indices: list[int], device, *, share_prompts: 
     `share_prompts`: consecutive sequences with the same prompt (a group's G completions) store that
     prompt once and every response attends to it through a mask: the forward pass then costs
     prompt + G responses tokens instead of G x (prompt + response), about 3x fewer with the
-    built-in tasks. `attention_mode` ('dense' or 'flex', default `awpo.attention.attention_mode(device)`)
-    says how the mask reaches the model. Without sharing each sequence is packed whole, no mask.
+    built-in tasks. `attention_mode` ('grouped', 'dense' or 'flex', default
+    `awpo.attention.attention_mode(device)`) says how the model attends to the allowed pairs. Without sharing
+    each sequence is packed whole, no mask.
     """
     ids, positions, segments, prompt_of = [], [], [], []
     hidden_index, targets, seq_ids, sampling = [], [], [], []
@@ -129,8 +140,10 @@ def pack(batch: RolloutBatch, seq_indices: list[int], device, *, share_prompts: 
     if share_prompts:
         layout = segment_layout(segments, prompt_of, device)
         micro.attention = attention_mode or attention.attention_mode(device)
-        micro.attention_mask = (attention.block_mask(layout) if micro.attention == "flex"
-                                else attention.dense_mask(layout))
+        builders = {"grouped": attention.grouped_plan, "flex": attention.block_mask, "dense": attention.dense_mask}
+        if micro.attention not in builders:
+            raise ValueError(f"attention_mode must be one of {', '.join(builders)}; got {micro.attention!r}")
+        micro.attention_mask = builders[micro.attention](layout)
     return micro
 
 
@@ -151,19 +164,24 @@ def last_hidden_states(model, micro: MicroBatch, *, bf16_autocast: bool = False)
     """
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     device_type = micro.input_ids.device.type
-    flex = attention.use_shared_attention(model) if micro.attention == "flex" else contextlib.nullcontext()
-    with flex, torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16_autocast):
-        out = base(input_ids=micro.input_ids, position_ids=micro.position_ids,
-                   attention_mask=micro.attention_mask, use_cache=False)
+    shared, mask, extra = contextlib.nullcontext(), micro.attention_mask, {}
+    if micro.attention == "flex":
+        shared = attention.use_shared_attention(model)
+    elif micro.attention == "grouped":  # the plan travels to the attention function as a keyword argument
+        shared, mask, extra = attention.use_grouped_attention(model), None, {attention.GROUPED_PLAN_KWARG: mask}
+    with shared, torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16_autocast):
+        out = base(input_ids=micro.input_ids, position_ids=micro.position_ids, attention_mask=mask, use_cache=False,
+                   **extra)
     hidden = out.last_hidden_state[0].index_select(0, micro.hidden_index)
     return hidden.to(lm_head_weight(model).dtype)
 
 
 def shares_prompts(model, device=None) -> bool:
-    """Whether a group's prompt can be packed once: always through FlexAttention ('flex', CUDA); through
-    the dense mask only where the model's attention takes a custom mask (not flash-attention)."""
+    """Whether a group's prompt can be packed once: always through the registered attention functions
+    ('grouped', 'flex'); through the dense mask only where the model's attention takes a custom mask (not
+    flash-attention)."""
     device = device if device is not None else next(model.parameters()).device
-    if attention.attention_mode(device) == "flex":
+    if attention.attention_mode(device) in ("grouped", "flex"):
         return True
     return getattr(model.config, "_attn_implementation", "sdpa") != "flash_attention_2"
 
@@ -209,7 +227,7 @@ def _contributes(batch: RolloutBatch, index: int, options: UpdateOptions) -> boo
 def token_logprobs(model, micro: MicroBatch, temperature: float, *, entropy: bool = False,
                    bf16_autocast: bool = False):
     hidden = last_hidden_states(model, micro, bf16_autocast=bf16_autocast)
-    with _loss_autocast(hidden, bf16_autocast):
+    with _loss_autocast(hidden, bf16_autocast), torch.profiler.record_function(LM_HEAD_RANGE):
         out = ak.linear_logprobs(hidden, lm_head_weight(model), micro.targets, temperature=temperature,
                                  return_entropy=entropy)
     return out.logprobs, out.entropy
@@ -273,7 +291,8 @@ def update_policy(model, optimizer, scheduler, batch: RolloutBatch, options: Upd
     started = time.perf_counter()
     model.train()
     plans = plan_steps(batch, options)
-    packed, entropies = prepare_micro_batches(model, ref_model, batch, plans, options, device)
+    with torch.profiler.record_function(PHASES[0]):
+        packed, entropies = prepare_micro_batches(model, ref_model, batch, plans, options, device)
     tally = _Tally()
     if entropies:
         tally.add_tokens("entropy", torch.cat(entropies))
@@ -285,11 +304,13 @@ def update_policy(model, optimizer, scheduler, batch: RolloutBatch, options: Upd
 
     for _ in range(options.num_iterations):
         for plan, micro_list in zip(plans, packed):
-            optimizer.zero_grad(set_to_none=True)
+            with torch.profiler.record_function(PHASES[3]):
+                optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for micro in micro_list:
                 step_loss += _backward_micro_batch(model, batch, micro, plan, options, tally)
-            grad_norm = _clip_gradients(model, options.max_grad_norm) if micro_list else 0.0
+            with torch.profiler.record_function(PHASES[3]):
+                grad_norm = _clip_gradients(model, options.max_grad_norm) if micro_list else 0.0
             if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                 raise FloatingPointError(
                     f"non-finite policy loss ({step_loss}) or gradient norm ({grad_norm}): the update was not "
@@ -298,8 +319,9 @@ def update_policy(model, optimizer, scheduler, batch: RolloutBatch, options: Upd
             tally.add("loss", step_loss)
             if micro_list:
                 tally.add("grad_norm", grad_norm)
-            optimizer.step()      # without gradients (nothing to learn from) it changes nothing
-            scheduler.step()
+            with torch.profiler.record_function(PHASES[3]):
+                optimizer.step()      # without gradients (nothing to learn from) it changes nothing
+                scheduler.step()
     metrics = tally.means()
     metrics.update({
         "update/trained_sequences": sum(len(m) for p in plans for m in p.micro_batches),
@@ -322,11 +344,13 @@ def _backward_micro_batch(model, batch: RolloutBatch, micro: MicroBatch, plan: O
         loss_type, num_items = "dapo", float(max(plan.num_tokens, 1))
     else:  # grpo / dr_grpo average over sequences: weight this micro-batch by its share of them
         scale = len(micro.seq_indices) / plan.num_seqs
-    hidden = last_hidden_states(model, micro, bf16_autocast=options.bf16_autocast)
-    with _loss_autocast(hidden, options.bf16_autocast):
-        result = _fused_loss(model, batch, micro, index, hidden, advantages, options, loss_type, num_items)
-    loss = result.loss * scale
-    loss.backward()
+    with torch.profiler.record_function(PHASES[1]):
+        hidden = last_hidden_states(model, micro, bf16_autocast=options.bf16_autocast)
+        with _loss_autocast(hidden, options.bf16_autocast), torch.profiler.record_function(LM_HEAD_RANGE):
+            result = _fused_loss(model, batch, micro, index, hidden, advantages, options, loss_type, num_items)
+        loss = result.loss * scale
+    with torch.profiler.record_function(PHASES[2]):
+        loss.backward()
     tokens = int(micro.targets.numel())
     for name, value in result.metrics.items():
         tally.add_weighted(name, float(value), tokens)

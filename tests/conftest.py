@@ -18,7 +18,6 @@ The inner loop, about a minute: ``pytest -m "not vllm and not bfcl and not slow"
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 
@@ -27,11 +26,6 @@ collect_ignore = [] if _VERL is not None and _VERL.origin is not None else ["ver
 
 VLLM_FIXTURES = {"tiny_vllm_engine"}
 BFCL_FIXTURES = {"bfcl"}
-# Marks not yet moved onto their tests (the files were being changed by other work): moved next.
-SLOW_MODULES = {"test_benchmarks_smoke.py"}
-SLOW_TESTS = {
-    "awpo/test_attention.py::test_flex_forward_matches_the_dense_mask_and_separate_sequences_on_cpu",  # flex compile
-}
 
 
 def _is_cuda(item) -> bool:
@@ -41,20 +35,11 @@ def _is_cuda(item) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    tests_dir = Path(__file__).parent
     for item in items:
-        path = Path(str(item.fspath))
-        module = path.name
         fixtures = set(getattr(item, "fixturenames", ()))  # includes the fixtures' own fixtures
-        try:
-            nodeid = path.relative_to(tests_dir).as_posix() + "::" + getattr(item, "originalname", item.name)
-        except ValueError:
-            nodeid = item.nodeid
         if fixtures & VLLM_FIXTURES:
             item.add_marker(pytest.mark.vllm)
         if fixtures & BFCL_FIXTURES:
             item.add_marker(pytest.mark.bfcl)
         if _is_cuda(item):
             item.add_marker(pytest.mark.cuda)
-        if module in SLOW_MODULES or nodeid in SLOW_TESTS:
-            item.add_marker(pytest.mark.slow)

@@ -18,6 +18,8 @@ from benchmarks import baselines, memory, report
 from benchmarks.cases import OPS, CaseOptions, build_case, build_case_by_name, implementations, make_inputs
 from benchmarks.shapes import SMOKE_LM_HEAD, select_shapes, shape_by_name
 
+pytestmark = pytest.mark.slow  # every benchmark once, at the smoke shape
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMOKE = CaseOptions(compile_backend="eager")
 
@@ -29,7 +31,9 @@ def test_every_benchmark_file_runs_once_at_the_smoke_shape():
                            "--benchmark-disable"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    expected = sum(len(implementations(op, "cpu")) for op in OPS)
+    from benchmarks import train_step
+
+    expected = sum(len(implementations(op, "cpu")) for op in OPS) + len(train_step.MODES)  # + test_bench_train_step
     assert re.search(rf"\b{expected} passed\b", done.stdout), done.stdout[-1000:]
     assert "skipped" not in done.stdout and "failed" not in done.stdout
 
@@ -247,3 +251,50 @@ def test_attention_benchmark_times_every_layout_on_cpu(tmp_path):
     text = output.read_text(encoding="utf-8")
     for layout in ("dense", "flex", "separate"):
         assert re.search(rf"^\| {layout} \| \d+ \| [0-9.]+ \|", text, re.MULTILINE), text
+
+
+def test_train_step_benchmark_reports_phases_ratios_and_writes_its_section(tmp_path):
+    import json
+
+    from benchmarks import train_step
+
+    results, numbers = tmp_path / "RESULTS.md", tmp_path / "train_step.json"
+    results.write_text("# Results\n\nhand-written notes\n", encoding="utf-8")
+    status = train_step.main(["--model", "tiny", "--prompts", "3", "--group", "3", "--prompt-tokens", "21",
+                              "--response-tokens", "7", "--micro-batch", "6", "--is-correction", "--rounds", "1",
+                              "--write", "--results", str(results), "--json", str(numbers)])
+    assert status == 0
+    text = results.read_text(encoding="utf-8")
+    assert text.startswith("# Results\n\nhand-written notes\n")
+    assert text.count(f"<!-- benchmarks.report:{train_step.SECTION} begin -->") == 1
+    for mode in train_step.MODES:
+        assert re.search(rf"^\| {mode} \| \d+ \[\d+-\d+\] \| [0-9.]+x \|", text, re.MULTILINE), text
+    assert "CPU: " in text and "torch " in text
+    assert "dense-mask update / grouped update = " in text and "update / its FLOPs at the bf16 GEMM rate = " in text
+    data = json.loads(numbers.read_text(encoding="utf-8"))
+    assert len(data["modes"]) == 2 and data["rates_flops"]["bfloat16"] > 0 and data["rates_flops"]["float32"] > 0
+    assert data["modes"]["grouped"]["loss"] == pytest.approx(data["modes"]["dense"]["loss"], rel=1e-3, abs=1e-5)
+    assert 0 < data["flops"]["allowed_pairs"] <= data["flops"]["computed_pairs"]
+    phases = data["phases_ms"]["grouped"]
+    assert phases["awpo::prepare"]["LM head + loss"] > 0  # the old-log-prob pass ran (--is-correction)
+    assert phases["awpo::forward"]["attention"] > 0 and phases["awpo::backward"]["attention"] > 0
+    assert phases["awpo::forward"]["linear GEMMs"] > 0 and phases["awpo::optimizer"]["other"] > 0
+
+
+def test_train_step_flop_count_follows_the_layer_shapes_and_the_mask():
+    from benchmarks import train_step
+
+    setup = train_step.build_setup(train_step.parse_args(["--model", "tiny", "--prompts", "2", "--group", "2",
+                                                          "--prompt-tokens", "5", "--response-tokens", "3",
+                                                          "--prompt-spread", "0", "--response-spread", "0"]))
+    flops = train_step.count_flops(setup)
+    config = setup.model.config
+    assert flops.tokens == [2 * (5 + 2 * 3)]  # one micro-batch: each prompt once
+    per_layer = (2 * config.hidden_size * config.num_attention_heads * config.head_dim  # q, o
+                 + 2 * config.hidden_size * config.num_key_value_heads * config.head_dim  # k, v
+                 + 3 * config.hidden_size * config.intermediate_size)  # gate, up, down
+    assert flops.linear == 3 * 2 * per_layer * config.num_hidden_layers * 22  # forward + 2 x backward
+    pairs = 2 * (5 * 6 // 2 + 2 * (3 * 5 + 3 * 4 // 2))  # per group: prompt causal, responses see prompt + own
+    assert flops.allowed_pairs == pairs * config.num_hidden_layers
+    assert flops.attention == 3 * 4 * config.num_attention_heads * config.head_dim * flops.allowed_pairs
+    assert flops.lm_head == 6 * 12 * config.hidden_size * config.vocab_size  # 12 loss tokens, fused loss only

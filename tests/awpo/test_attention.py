@@ -1,6 +1,7 @@
 """Shared-prompt attention (`awpo.attention`): the FlexAttention block mask against the dense mask, the
 flex path against separate sequences, and on CUDA its gradients, its memory against the dense mask and
-the trainer's update under bf16 autocast.
+the trainer's update under bf16 autocast. The "grouped" attention (the CPU default) is tested in
+test_attention_grouped.py.
 
 FlexAttention has no backward on CPU (torch raises NotImplementedError), so the CPU tests compare
 forward log-probs; every parameter's gradient is compared on CUDA (`cuda` tests, run by
@@ -92,6 +93,7 @@ def shared_batch(seed=4, prompt_lengths=(140, 70), responses_per_prompt=(3, 2)):
 
 
 @needs_flex
+@pytest.mark.slow  # FlexAttention compiles on first use
 def test_flex_forward_matches_the_dense_mask_and_separate_sequences_on_cpu(tiny_model_dir):
     model = load_tiny(tiny_model_dir)
     batch = shared_batch()
@@ -110,9 +112,10 @@ def test_flex_forward_matches_the_dense_mask_and_separate_sequences_on_cpu(tiny_
 
 def test_attention_follows_the_device_unless_overridden(monkeypatch):
     monkeypatch.delenv("AWPO_SHARED_ATTENTION", raising=False)
-    assert attention.attention_mode("cpu") == "dense"
-    monkeypatch.setenv("AWPO_SHARED_ATTENTION", "flex")
-    assert attention.attention_mode("cpu") == "flex"
+    assert attention.attention_mode("cpu") == "grouped"
+    for mode in ("dense", "flex", "grouped"):
+        monkeypatch.setenv("AWPO_SHARED_ATTENTION", mode)
+        assert attention.attention_mode("cpu") == mode
     monkeypatch.setenv("AWPO_SHARED_ATTENTION", "sparse")
     with pytest.raises(ValueError, match="AWPO_SHARED_ATTENTION"):
         attention.attention_mode("cpu")
