@@ -8,7 +8,8 @@
   computation within what bf16 parameters explain, on inputs built so that bf16 inputs would move it 5x further.
 - With accelerate's bf16 autocast (DDP + `--bf16`, fp32 master weights), TRL computes its old / reference
   log-probs with bf16 GEMMs; the fused loss must read the LM head in the autocast dtype too (fp32 logits and
-  log-softmax), else the PPO ratio is off 1 on-policy.
+  log-softmax), else the PPO ratio is off 1 on-policy. Checked plain and inside a real DistributedDataParallel
+  wrapper (one-process gloo group).
 """
 from __future__ import annotations
 
@@ -138,9 +139,17 @@ def test_fsdp2_bf16_mixed_precision_leaves_the_loss_inputs_in_fp32(tiny_model_di
 
 def test_bf16_autocast_reads_the_lm_head_in_bf16_and_the_ratio_is_one_on_policy(tiny_model_dir, tmp_path,
                                                                                   monkeypatch):
+    check_bf16_lm_head(grpo_trainer(tiny_model_dir, tmp_path, bf16=True), monkeypatch, ddp=False)
+
+
+def test_the_same_under_a_real_ddp_wrapper(tiny_model_dir, tmp_path, gloo_group, monkeypatch):
+    """DDP + --bf16 as accelerate runs it: the loss gets the DistributedDataParallel-wrapped model."""
+    check_bf16_lm_head(grpo_trainer(tiny_model_dir, tmp_path, bf16=True), monkeypatch, ddp=True)
+
+
+def check_bf16_lm_head(trainer, monkeypatch, *, ddp: bool):
     import awpo.integrations.trl.loss as loss_module
 
-    trainer = grpo_trainer(tiny_model_dir, tmp_path, bf16=True)
     with trainer.accelerator.autocast():
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     model = trainer.model
@@ -160,7 +169,16 @@ def test_bf16_autocast_reads_the_lm_head_in_bf16_and_the_ratio_is_one_on_policy(
             return result
 
     monkeypatch.setattr(loss_module, "ak", Recording)
-    trainer._compute_loss(model, {k: v.clone() for k, v in inputs.items()})
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    forwards = []
+    if ddp:  # the loss must run inside DDP's own forward (its gradient hooks expect it)
+        through = wrapped.forward
+        wrapped.forward = lambda *a, **k: forwards.append(1) or through(*a, **k)
+    loss = trainer._compute_loss(wrapped, {k: v.clone() for k, v in inputs.items()})
+    if ddp:
+        assert forwards, "the loss bypassed the DDP wrapper's forward"
+        loss.backward()  # DDP's gradient all-reduce runs (one process: the gradients are the local ones)
+        assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.dtype == torch.float32
     # the GEMM operands are bf16 (on CPU the op upcasts them and accumulates in fp32; on CUDA the fp32 weight goes
     # in as it is and the op casts it, see loss.lm_head_operands)
     assert seen["hidden"] == torch.bfloat16 and seen["weight"] == torch.bfloat16
