@@ -283,8 +283,7 @@ def rejudge(output_dir: Path) -> None:
     for record in records:
         task = tasks[record["task_id"]]
         parsed = parse_completion(record["completion"])
-        request = JudgeRequest(task.user_prompt, parsed.reasoning, parsed.calls, task.tools, task.ground_truth,
-                               malformed=parsed.error is not None)
+        request = JudgeRequest.of_completion(task.user_prompt, parsed, task.tools, task.ground_truth)
         record.update({name: judge.score_many([request])[0] for name, judge in judges.items()})
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     meta["rejudged"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

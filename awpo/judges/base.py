@@ -47,6 +47,11 @@ class JudgeRequest:
     ground_truth: list | None = None
     malformed: bool = False  # the completion tried to call a tool, but its calls could not be parsed
 
+    @classmethod
+    def of_completion(cls, prompt: str, parsed, tools: list[dict], ground_truth: list | None = None) -> JudgeRequest:
+        """The request for one parsed completion (``awpo.toolcall.parse_completion``'s result)."""
+        return cls(prompt, parsed.reasoning, parsed.calls, tools, ground_truth, malformed=parsed.error is not None)
+
 
 @dataclass
 class Verdict:

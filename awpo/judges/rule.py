@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..rewards.outcome import normalize_string
 from ..toolcall import ToolCall
 from . import grounding
 from .base import MISSING_REASONING_SCORE, InstantJudge, JudgeRequest, check_missing_reasoning_score
@@ -152,8 +153,6 @@ def consistency_part(reasoning: str, calls: list[ToolCall], vocabularies: list[T
 def _contradicted_share(reasoning: str, calls: list[ToolCall]) -> float:
     """The share of the reasoning's ``parameter=value`` statements that the calls contradict: the
     parameter is in a call, and no call gives it that value."""
-    from ..rewards.outcome import normalize_string
-
     given: dict[str, set[str]] = {}
     for call in calls:
         for name, value in call.arguments.items():

@@ -114,8 +114,7 @@ class ReasoningReward:
         requests = []
         for prompt, completion, tool, truth in zip(prompts, completions, tools, truths):
             parsed = parse_completion(completion_text(completion))
-            requests.append(JudgeRequest(request_text(prompt), parsed.reasoning, parsed.calls, tool or [], truth,
-                                         malformed=parsed.error is not None))
+            requests.append(JudgeRequest.of_completion(request_text(prompt), parsed, tool or [], truth))
         judge = self.resolved_judge()
         steps = callable(getattr(judge, "new_step", None)) and callable(getattr(judge, "finish_step", None))
         if steps:  # an LLM judge: fresh cache and counts for this generation batch (the policy changed)

@@ -66,8 +66,7 @@ def compute_score(data_source=None, solution_str: str = "", ground_truth=None, e
     parsed = parse_completion(response_prefix + solution_str)
     outcome = float(score_outcome(parsed, truth, graded=graded, tools=tools))
     chosen = resolve_judge(judge, missing_reasoning_score)
-    request = JudgeRequest(str(extra.get("request") or ""), parsed.reasoning, parsed.calls, tools or [], truth,
-                           malformed=parsed.error is not None)
+    request = JudgeRequest.of_completion(str(extra.get("request") or ""), parsed, tools or [], truth)
     reasoning = float(judge_many(chosen, [request])[0])
     if isinstance(chosen, LLMJudge):
         chosen.clear_cache()  # one call per sample: a cache across steps would only grow
