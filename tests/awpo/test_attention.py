@@ -7,10 +7,9 @@ FlexAttention has no backward on CPU (torch raises NotImplementedError), so the 
 forward log-probs; every parameter's gradient is compared on CUDA (`cuda` tests, run by
 benchmarks/gpu_suite.sh).
 """
-import random
-
 import pytest
 import torch
+from segment_layouts import random_layout
 
 import awpo_kernels as ak
 from awpo import attention
@@ -34,23 +33,6 @@ def load_tiny(model_dir, device="cpu"):
 
 needs_flex = pytest.mark.skipif(not attention.flex_available(), reason="torch has no FlexAttention")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def random_layout(seed, groups=3, max_prompt=150, max_response=90):
-    """Segments as pack() lays them out: per group a prompt, then its responses."""
-    rng = random.Random(seed)
-    segment, parent, name = [], [], 0
-    for _ in range(groups):
-        prompt = name
-        segment += [prompt] * rng.randint(1, max_prompt)
-        parent += [prompt] * (len(segment) - len(parent))
-        for _ in range(rng.randint(1, 4)):
-            name += 1
-            length = rng.randint(1, max_response)
-            segment += [name] * length
-            parent += [prompt] * length
-        name += 1
-    return attention.SegmentLayout(torch.tensor(segment), torch.tensor(parent))
 
 
 @needs_flex

@@ -5,11 +5,10 @@ both of its block paths (matmuls, and SDPA for blocks over the score budget); th
 forward and backward (hidden states and every parameter's gradient) against the dense path, and one policy
 update.
 """
-import random
-
 import pytest
 import torch
 import torch.nn.functional as F
+from segment_layouts import random_layout
 
 import awpo_kernels as ak
 from awpo import attention
@@ -26,21 +25,9 @@ from awpo.policy_update import (
 HEADS, KV_HEADS, DIM = 6, 2, 24
 
 
-def grouped_layout(seed, groups=3, max_prompt=37, max_response=23):
-    """pack()'s layout: per group a prompt, then 1..4 responses of random lengths (the first group has one)."""
-    rng = random.Random(seed)
-    segment, parent, name = [], [], 0
-    for g in range(groups):
-        prompt = name
-        segment += [prompt] * rng.randint(1, max_prompt)
-        parent += [prompt] * (len(segment) - len(parent))
-        for _ in range(1 if g == 0 else rng.randint(2, 4)):
-            name += 1
-            length = rng.randint(1, max_response)
-            segment += [name] * length
-            parent += [prompt] * length
-        name += 1
-    return attention.SegmentLayout(torch.tensor(segment), torch.tensor(parent))
+def grouped_layout(seed, groups=3):
+    """pack()'s layout: per group a prompt, then 2..4 responses of random lengths (the first group has one)."""
+    return random_layout(seed, groups, max_prompt=37, max_response=23, responses=(2, 4), first_group_responses=1)
 
 
 def random_qkv(length, seed, dtype=torch.float32):
