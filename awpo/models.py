@@ -139,6 +139,34 @@ def resolve_model_path(name_or_path: str | None) -> str:
     return name_or_path
 
 
+def backbone(model):
+    """The transformer body of a causal LM, without its LM head: Hugging Face's `base_model` (the `*Model` inside
+    a `*ForCausalLM`, the module `get_decoder()` returns for text models), of the wrapped model under a PEFT
+    wrapper; `model.model` for a module without `base_model`."""
+    get_base = getattr(model, "get_base_model", None)
+    if callable(get_base) and hasattr(model, "peft_config"):
+        model = get_base()
+    base = getattr(model, "base_model", None)
+    return model.model if base is None else base
+
+
+def backbone_hidden_states(model, autocast, **inputs) -> tuple[torch.Tensor, torch.dtype | None]:
+    """The last hidden state `[batch, tokens, H]` of `model`'s backbone on `inputs` (`input_ids` and whatever
+    else the backbone takes: attention mask, position ids, ...), and the autocast dtype it was computed under
+    (None without autocast).
+
+    The LM head does not run (no logits are computed: the fused losses take the hidden state and the head's
+    weight), `use_cache=False`, and the forward runs inside the context manager `autocast` (`torch.autocast(...)`,
+    accelerate's `autocast()`, or `contextlib.nullcontext()`). Shared by the trainer's packed rows
+    (`awpo.policy_update`) and TRL's padded batches (`awpo.integrations.trl.loss`).
+    """
+    device_type = inputs["input_ids"].device.type
+    with autocast:
+        out = backbone(model)(use_cache=False, **inputs)
+        autocast_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    return out.last_hidden_state, autocast_dtype
+
+
 def load_policy(path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """(model, tokenizer) for training: `attention_implementation(device)`, a pad token set.
 

@@ -14,8 +14,9 @@ With `bf16_autocast` the fused loss runs under the same autocast: on CUDA its LM
 bf16 operands (fp32 logits and softmax); on CPU it computes in fp32 either way.
 
 Normalisation: the loss of one optimizer step equals the loss of its whole mini-batch computed at
-once, however it is split into micro-batches (the token count or sequence count of the whole
-mini-batch is the denominator). Sequences whose loss is identically zero (advantage 0 with no KL
+once, however it is split into micro-batches: each micro-batch's loss call gets the whole mini-batch's
+count as its denominator (`batch_counts`: `num_seqs_in_batch` for grpo / dr_grpo, `num_items_in_batch`,
+the loss tokens, for dapo and bnpo). Sequences whose loss is identically zero (advantage 0 with no KL
 or entropy term, or no loss token) are skipped in the forward passes; they still count in the
 denominators, so skipping them changes no number.
 
@@ -34,6 +35,7 @@ import torch
 import awpo_kernels as ak
 
 from . import attention
+from .models import backbone_hidden_states
 
 # profiler ranges of the update's phases (benchmarks/train_step.py): packing and the no-grad passes (old /
 # reference log-probs), the forward to the loss, its backward, and the optimizer step (zeroing, clipping)
@@ -162,17 +164,17 @@ def last_hidden_states(model, micro: MicroBatch, *, bf16_autocast: bool = False)
     `bf16_autocast`: the transformer's matmuls in bf16 (fp32 master weights); the hidden state comes
     back in the weights' dtype so that the LM-head / softmax math of the loss stays in fp32.
     """
-    base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     device_type = micro.input_ids.device.type
     shared, mask, extra = contextlib.nullcontext(), micro.attention_mask, {}
     if micro.attention == "flex":
         shared = attention.use_shared_attention(model)
     elif micro.attention == "grouped":  # the plan travels to the attention function as a keyword argument
         shared, mask, extra = attention.use_grouped_attention(model), None, {attention.GROUPED_PLAN_KWARG: mask}
-    with shared, torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16_autocast):
-        out = base(input_ids=micro.input_ids, position_ids=micro.position_ids, attention_mask=mask, use_cache=False,
-                   **extra)
-    hidden = out.last_hidden_state[0].index_select(0, micro.hidden_index)
+    autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16_autocast)
+    with shared:
+        states, _ = backbone_hidden_states(model, autocast, input_ids=micro.input_ids,
+                                           position_ids=micro.position_ids, attention_mask=mask, **extra)
+    hidden = states[0].index_select(0, micro.hidden_index)
     return hidden.to(lm_head_weight(model).dtype)
 
 
@@ -338,17 +340,11 @@ def _backward_micro_batch(model, batch: RolloutBatch, micro: MicroBatch, plan: O
     index = torch.tensor(micro.seq_indices, dtype=torch.long)
     device = micro.targets.device
     advantages = batch.advantages[index].to(device, torch.float32)
-    loss_type, num_items, scale = options.loss.loss_type, None, 1.0
-    if loss_type in ("dapo", "bnpo"):
-        # token-mean over the whole mini-batch: bnpo of the full batch == dapo with its token count
-        loss_type, num_items = "dapo", float(max(plan.num_tokens, 1))
-    else:  # grpo / dr_grpo average over sequences: weight this micro-batch by its share of them
-        scale = len(micro.seq_indices) / plan.num_seqs
     with torch.profiler.record_function(PHASES[1]):
         hidden = last_hidden_states(model, micro, bf16_autocast=options.bf16_autocast)
         with _loss_autocast(hidden, options.bf16_autocast), torch.profiler.record_function(LM_HEAD_RANGE):
-            result = _fused_loss(model, batch, micro, index, hidden, advantages, options, loss_type, num_items)
-        loss = result.loss * scale
+            result = _fused_loss(model, batch, micro, index, hidden, advantages, options, plan)
+        loss = result.loss
     with torch.profiler.record_function(PHASES[2]):
         loss.backward()
     tokens = int(micro.targets.numel())
@@ -357,16 +353,25 @@ def _backward_micro_batch(model, batch: RolloutBatch, micro: MicroBatch, plan: O
     return float(loss.detach())
 
 
+def batch_counts(loss_type: str, plan: OptimizerStepPlan) -> tuple[str, dict]:
+    """(the loss type for the op, its batch count) so that each micro-batch's loss is its share of the whole
+    mini-batch's: grpo / dr_grpo divide by the mini-batch's sequences (`num_seqs_in_batch`), dapo by its loss
+    tokens (`num_items_in_batch`), and bnpo, a token mean over the batch, is dapo with that count."""
+    if loss_type in ("dapo", "bnpo"):
+        return "dapo", {"num_items_in_batch": float(max(plan.num_tokens, 1))}
+    return loss_type, {"num_seqs_in_batch": plan.num_seqs}
+
+
 def _fused_loss(model, batch: RolloutBatch, micro: MicroBatch, index: torch.Tensor, hidden: torch.Tensor,
-                advantages: torch.Tensor, options: UpdateOptions, loss_type: str,
-                num_items: float | None) -> ak.PolicyLossOutput:
+                advantages: torch.Tensor, options: UpdateOptions, plan: OptimizerStepPlan) -> ak.PolicyLossOutput:
     device = micro.targets.device
+    loss_type, counts = batch_counts(options.loss.loss_type, plan)
     return ak.fused_linear_policy_loss(
         hidden, lm_head_weight(model), micro.targets, advantages, seq_ids=micro.seq_ids,
         old_logprobs=micro.old_logprobs, ref_logprobs=micro.ref_logprobs,
-        importance_weights=micro.importance_weights, num_items_in_batch=num_items, options=options.loss,
+        importance_weights=micro.importance_weights, options=options.loss,
         epsilon_low=batch.epsilon_low[index].to(device, torch.float32),
-        epsilon_high=batch.epsilon_high[index].to(device, torch.float32), loss_type=loss_type)
+        epsilon_high=batch.epsilon_high[index].to(device, torch.float32), loss_type=loss_type, **counts)
 
 
 def _clip_gradients(model, max_norm: float) -> float:

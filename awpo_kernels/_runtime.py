@@ -1,7 +1,7 @@
 """Backend choice, input checks and layout handling shared by the public ops.
 
-Checks raise `ValueError` (or `IndexError` for token ids) naming the bad argument. The token-id, seq_ids and
-finiteness checks read tensor values, which costs one host synchronisation on CUDA; set
+Checks raise `ValueError` (or `IndexError` for token ids) naming the bad argument. The token-id, seq_ids,
+finiteness and batch-count checks read tensor values, which costs one host synchronisation on CUDA; set
 `AWPO_KERNELS_CHECK_INPUTS=0` to skip them in a trusted hot loop (shape, device and option checks stay):
 then the ops make no host synchronisation at all (the CUDA tests run them under
 `torch.cuda.set_sync_debug_mode("error")`).
@@ -12,6 +12,7 @@ Tuning switches for a GPU sweep, read at every call (no effect on the numbers):
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 
@@ -158,16 +159,49 @@ def flat_layout(targets: torch.Tensor, advantages: torch.Tensor, seq_ids: torch.
     return FlatLayout(flat_hidden, targets.reshape(-1), ids, num_seqs, tuple(targets.shape), padded_length)
 
 
+# The batch counts of the policy loss and the loss types whose denominator each one is (SPEC section 3).
+BATCH_COUNTS = {"num_items_in_batch": ("dapo",), "num_seqs_in_batch": ("grpo", "dr_grpo")}
+_COUNT_HINTS = {
+    ("num_items_in_batch", "grpo"): "; grpo / dr_grpo take their sequence count as num_seqs_in_batch",
+    ("num_items_in_batch", "dr_grpo"): "; grpo / dr_grpo take their sequence count as num_seqs_in_batch",
+    ("num_seqs_in_batch", "dapo"): "; dapo takes its token count as num_items_in_batch",
+}
+_BNPO_HINT = "; bnpo is the token mean of this call: for a token mean over a larger batch use loss_type='dapo' " \
+             "with num_items_in_batch"
+
+
+def check_count(name: str, value, loss_type: str) -> None:
+    """A batch count (`BATCH_COUNTS`): None, or a finite number > 0 (a 0-dim tensor: its value is checked unless
+    AWPO_KERNELS_CHECK_INPUTS=0), given only for a loss type whose denominator it is."""
+    if value is None:
+        return
+    users = BATCH_COUNTS[name]
+    if loss_type not in users:
+        hint = _BNPO_HINT if loss_type == "bnpo" else _COUNT_HINTS.get((name, loss_type), "")
+        raise ValueError(f"{name} is a count of loss_type {' / '.join(map(repr, users))} only; "
+                         f"loss_type={loss_type!r} does not use it (pass None){hint}")
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
+            raise ValueError(f"{name} must be a number or a 0-dim real tensor; got a {value.dtype} tensor of shape "
+                             f"{tuple(value.shape)}")
+        if not values_checked():
+            return
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0 (or a 0-dim tensor holding one); got {value!r}")
+
+
 def check_loss_inputs(layout: FlatLayout, options: LossOptions, *, old_logprobs: torch.Tensor | None,
                       ref_logprobs: torch.Tensor | None, importance_weights: torch.Tensor | None,
-                      num_items_in_batch) -> LossOptions:
+                      num_items_in_batch, num_seqs_in_batch=None) -> LossOptions:
     """The per-call checks of the policy loss (the options validated themselves when built): devices and
-    shapes of the tensors, ref_logprobs when beta > 0, dr_grpo's length. Returns the options with
-    max_completion_length resolved (dr_grpo in the padded layout defaults to T)."""
+    shapes of the tensors, ref_logprobs when beta > 0, dr_grpo's length, the batch counts. Returns the options
+    with max_completion_length resolved (dr_grpo in the padded layout defaults to T)."""
     device = layout.seq_ids.device
     for name, t in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs),
                     ("importance_weights", importance_weights), ("epsilon_low", options.epsilon_low),
-                    ("epsilon_high", options.epsilon_high), ("num_items_in_batch", num_items_in_batch)):
+                    ("epsilon_high", options.epsilon_high), ("num_items_in_batch", num_items_in_batch),
+                    ("num_seqs_in_batch", num_seqs_in_batch)):
         if isinstance(t, torch.Tensor):
             check_device(name, t, device)
     check_epsilon("epsilon_low", options.epsilon_low, layout.num_seqs)
@@ -182,8 +216,8 @@ def check_loss_inputs(layout: FlatLayout, options: LossOptions, *, old_logprobs:
         if layout.padded_length is None:
             raise ValueError("max_completion_length is required for loss_type='dr_grpo' in the packed layout")
         options = replace(options, max_completion_length=layout.padded_length)
-    if num_items_in_batch is not None and not isinstance(num_items_in_batch, torch.Tensor):
-        check_positive("num_items_in_batch", num_items_in_batch)
+    check_count("num_items_in_batch", num_items_in_batch, options.loss_type)
+    check_count("num_seqs_in_batch", num_seqs_in_batch, options.loss_type)
     return options
 
 

@@ -59,27 +59,37 @@ def _per_sequence(value, num_seqs: int, dtype, device) -> torch.Tensor:
     return torch.full((num_seqs,), float(value), dtype=dtype, device=device)
 
 
-def aggregation_weights(mask, seq_ids, num_seqs, loss_type, max_completion_length, num_items_in_batch, dtype):
-    """d loss / d per_token_t for each aggregation of SPEC section 3 (0 on masked tokens)."""
+def _count(value, default: int, dtype):
+    """A batch count as a divisor: `default` (this call's count) for None, a number as a float, a 0-dim tensor in
+    `dtype` (a CPU scalar divides on the host's value: no copy)."""
+    if value is None:
+        return default
+    return value.to(dtype=dtype) if isinstance(value, torch.Tensor) else float(value)
+
+
+def aggregation_weights(mask, seq_ids, num_seqs, loss_type, max_completion_length, num_items_in_batch, dtype,
+                        num_seqs_in_batch=None):
+    """d loss / d per_token_t for each aggregation of SPEC section 3 (0 on masked tokens).
+
+    `num_seqs_in_batch` (grpo, dr_grpo) and `num_items_in_batch` (dapo) replace this call's sequence / token
+    count (None: this call's)."""
     maskf = mask.to(dtype)
     if loss_type == "grpo":
         lengths = _per_sequence_sum(maskf, seq_ids, num_seqs).clamp(min=1.0)
-        return maskf / (lengths[seq_ids] * num_seqs)
+        return maskf / (lengths[seq_ids] * _count(num_seqs_in_batch, num_seqs, dtype))
     if loss_type == "bnpo":
         return maskf / maskf.sum().clamp(min=1.0)
     if loss_type == "dr_grpo":
-        return maskf / (num_seqs * max_completion_length)
+        return maskf / (_count(num_seqs_in_batch, num_seqs, dtype) * max_completion_length)
     if num_items_in_batch is None:  # dapo
         return maskf / maskf.sum().clamp(min=1.0)
-    if isinstance(num_items_in_batch, torch.Tensor):  # a CPU scalar divides on the host's value: no copy
-        return maskf / num_items_in_batch.to(dtype=dtype)
-    return maskf / float(num_items_in_batch)
+    return maskf / _count(num_items_in_batch, 0, dtype)
 
 
 def build_loss_spec(seq_ids: torch.Tensor, mask: torch.Tensor, num_seqs: int, advantages: torch.Tensor, *,
                     dtype: torch.dtype, options: LossOptions | None = None, old_logprobs: torch.Tensor | None = None,
                     ref_logprobs: torch.Tensor | None = None, importance_weights: torch.Tensor | None = None,
-                    num_items_in_batch=None) -> LossSpec:
+                    num_items_in_batch=None, num_seqs_in_batch=None) -> LossSpec:
     """Flat inputs (as the reference takes them) -> LossSpec; per-sequence epsilons become [S] tensors.
     `options.max_completion_length` must be resolved already (`_runtime.check_loss_inputs`)."""
     options = options or LossOptions()
@@ -92,7 +102,7 @@ def build_loss_spec(seq_ids: torch.Tensor, mask: torch.Tensor, num_seqs: int, ad
     spec = LossSpec(
         seq_ids=seq_ids, mask=mask, num_seqs=num_seqs,
         agg_weight=aggregation_weights(mask, seq_ids, num_seqs, options.loss_type, options.max_completion_length,
-                                       num_items_in_batch, dtype).contiguous(),
+                                       num_items_in_batch, dtype, num_seqs_in_batch).contiguous(),
         advantages=advantages.detach().to(dtype=dtype).contiguous(),
         epsilon_low=_per_sequence(options.epsilon_low, num_seqs, dtype, device),
         epsilon_high=_per_sequence(options.epsilon_high, num_seqs, dtype, device),

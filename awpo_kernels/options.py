@@ -73,10 +73,16 @@ class OptionSpec:
 
 class _Documented:
     """`describe()`: one indented line per option (name, type, default, doc), for the ops' docstrings;
-    `spec(name)`: the option's default, help and choices, which the trainer's `Config`, TRL's
-    `AWPOConfig` and the command lines take from here (one definition per option)."""
+    `names()` and `spec(name)`: the options, and each one's default, help and choices, which the trainer's
+    `Config`, TRL's `AWPOConfig`, verl's `algorithm.awpo` and the command lines take from here (one definition
+    per option)."""
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Every option's name, in definition order (`spec(name)` describes each)."""
+        return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
     def spec(cls, name: str) -> OptionSpec:
@@ -130,9 +136,10 @@ class LossOptions(_Documented):
     beta: float = _option(0.0, "KL coefficient against ref_logprobs (> 0 needs ref_logprobs)")
     kl_type: KlType = _option("k3", "KL estimator: 'k1', 'k2' or 'k3'")
     entropy_coef: float = _option(0.0, "entropy bonus: entropy_coef * entropy is subtracted per token")
-    loss_type: LossType = _option("dapo", "token aggregation: 'grpo' (mean per sequence, then over sequences), "
-                                          "'bnpo' (mean over tokens), 'dr_grpo' (sum / (S * max_completion_length)) "
-                                          "or 'dapo' (sum / num_items_in_batch, default the token count)")
+    loss_type: LossType = _option("dapo", "token aggregation: 'grpo' (mean per sequence, summed over sequences, / "
+                                          "num_seqs_in_batch, default S), 'bnpo' (mean over the call's tokens), "
+                                          "'dr_grpo' (sum / (num_seqs_in_batch * max_completion_length)) or 'dapo' "
+                                          "(sum / num_items_in_batch, default the call's token count)")
     importance_sampling_level: ImportanceSamplingLevel = _option(
         "token", "'token' ratios (GRPO) or one ratio per 'sequence' (GSPO)")
     max_completion_length: int | None = _option(

@@ -44,7 +44,10 @@ _PER_CALL_DOC = """seq_ids: packed layout only: [N] sequence index of each token
         old_logprobs: rollout-time log-probs, the targets' shape (None: the current ones, detached: ratio 1).
         ref_logprobs: reference-model log-probs, the targets' shape (required when beta > 0).
         importance_weights: per-token weights of the surrogate term (e.g. truncated IS), the targets' shape.
-        num_items_in_batch: dapo's denominator (a number or a tensor; None: the loss tokens of this call).
+        num_items_in_batch: dapo's denominator, the token count of the whole batch this call is a part of (a
+            number or a 0-dim tensor; None: the loss tokens of this call); only with loss_type='dapo'.
+        num_seqs_in_batch: the sequence count of grpo / dr_grpo (the sum of per-sequence terms is divided by it;
+            a number or a 0-dim tensor; None: the S sequences of this call); only with those loss types.
         backend: 'auto' (default: Triton on CUDA, chunked torch on CPU), 'torch', 'triton' or 'reference'
             (the plain spec, full logits); AWPO_KERNELS_BACKEND sets the default.
         options: a `LossOptions`; the keyword options below override its fields (None: the defaults).
@@ -53,10 +56,12 @@ _PER_CALL_DOC = """seq_ids: packed layout only: [N] sequence index of each token
 _DOCS = {"per_call": _PER_CALL_DOC.format(options=LossOptions.describe(indent=" " * 12))}
 
 
-def _loss_tensors(layout: FlatLayout, old_logprobs, ref_logprobs, importance_weights, num_items_in_batch) -> dict:
+def _loss_tensors(layout: FlatLayout, old_logprobs, ref_logprobs, importance_weights, num_items_in_batch,
+                  num_seqs_in_batch) -> dict:
     """The per-call tensors as the reference and `build_loss_spec` take them (per-token ones flattened)."""
     return dict(old_logprobs=layout.flatten(old_logprobs), ref_logprobs=layout.flatten(ref_logprobs),
-                importance_weights=layout.flatten(importance_weights), num_items_in_batch=num_items_in_batch)
+                importance_weights=layout.flatten(importance_weights), num_items_in_batch=num_items_in_batch,
+                num_seqs_in_batch=num_seqs_in_batch)
 
 
 def _reshape(out: PolicyLossOutput, shape) -> PolicyLossOutput:
@@ -69,7 +74,8 @@ def fused_linear_policy_loss(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, advantages: torch.Tensor, *,
     seq_ids: torch.Tensor | None = None, old_logprobs: torch.Tensor | None = None,
     ref_logprobs: torch.Tensor | None = None, importance_weights: torch.Tensor | None = None,
-    num_items_in_batch: float | torch.Tensor | None = None, chunk_size: int | None = None, backend: str | None = None,
+    num_items_in_batch: float | torch.Tensor | None = None, num_seqs_in_batch: float | torch.Tensor | None = None,
+    chunk_size: int | None = None, backend: str | None = None,
     options: LossOptions | None = None, **overrides: Unpack[LossKeywords],
 ) -> PolicyLossOutput:
     """Policy loss straight from the last hidden state and the LM head weight (docs/SPEC.md section 3).
@@ -93,10 +99,12 @@ def fused_linear_policy_loss(
     layout = flat_layout(targets, advantages, seq_ids, hidden)
     options = resolve_options(LossOptions, options, overrides)
     options = check_loss_inputs(layout, options, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
-                                importance_weights=importance_weights, num_items_in_batch=num_items_in_batch)
+                                importance_weights=importance_weights, num_items_in_batch=num_items_in_batch,
+                                num_seqs_in_batch=num_seqs_in_batch)
     check_chunk_size(chunk_size)
     backend = resolve_backend(backend, hidden.device)
-    tensors = _loss_tensors(layout, old_logprobs, ref_logprobs, importance_weights, num_items_in_batch)
+    tensors = _loss_tensors(layout, old_logprobs, ref_logprobs, importance_weights, num_items_in_batch,
+                            num_seqs_in_batch)
     if backend == "reference":
         out = reference.fused_linear_policy_loss_flat(
             layout.hidden, weight, layout.targets, layout.seq_ids, advantages, num_seqs=layout.num_seqs,
@@ -145,8 +153,8 @@ def policy_loss(
     logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *, seq_ids: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None, old_logprobs: torch.Tensor | None = None,
     ref_logprobs: torch.Tensor | None = None, importance_weights: torch.Tensor | None = None,
-    num_items_in_batch: float | torch.Tensor | None = None, backend: str | None = None,
-    options: LossOptions | None = None, **overrides: Unpack[LossKeywords],
+    num_items_in_batch: float | torch.Tensor | None = None, num_seqs_in_batch: float | torch.Tensor | None = None,
+    backend: str | None = None, options: LossOptions | None = None, **overrides: Unpack[LossKeywords],
 ) -> PolicyLossOutput:
     """The same loss when the caller already has per-token log-probs (padded [B, T] or packed [N]).
 
@@ -168,10 +176,12 @@ def policy_loss(
         raise ValueError("entropy is required when entropy_coef != 0")
     layout = flat_layout(mask, advantages, seq_ids, targets_name="mask")
     options = check_loss_inputs(layout, options, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
-                                importance_weights=importance_weights, num_items_in_batch=num_items_in_batch)
+                                importance_weights=importance_weights, num_items_in_batch=num_items_in_batch,
+                                num_seqs_in_batch=num_seqs_in_batch)
     options = replace(options, temperature=1.0)  # the log-probs are given: no temperature applies here
     backend = resolve_backend(backend, logprobs.device)
-    tensors = _loss_tensors(layout, old_logprobs, ref_logprobs, importance_weights, num_items_in_batch)
+    tensors = _loss_tensors(layout, old_logprobs, ref_logprobs, importance_weights, num_items_in_batch,
+                            num_seqs_in_batch)
     loss_kwargs = options.as_kwargs(("temperature",))
     mask_flat = layout.targets.bool()
     if backend == "reference":
@@ -216,8 +226,8 @@ class FusedLinearPolicyLoss(torch.nn.Module):
     `FusedLinearPolicyLoss(options=None, *, chunk_size=None, backend=None, **overrides)` validates the
     options, chunk size and backend name here. forward(hidden, weight, targets, advantages, **per_call):
     per_call holds the per-batch arguments of `fused_linear_policy_loss` (seq_ids, old_logprobs,
-    ref_logprobs, importance_weights, num_items_in_batch) and may override options fields (e.g.
-    per-sequence epsilon_low / epsilon_high tensors).
+    ref_logprobs, importance_weights, num_items_in_batch, num_seqs_in_batch) and may override options fields
+    (e.g. per-sequence epsilon_low / epsilon_high tensors).
     """
 
     def __init__(self, options: LossOptions | None = None, *, chunk_size: int | None = None,

@@ -216,6 +216,12 @@ def _per_token(value, seq_ids):
     return value
 
 
+def _count(value, dtype):
+    """A batch count (num_items_in_batch / num_seqs_in_batch): a number as it is, a 0-dim tensor in the compute
+    dtype (an integer or float64 count must not change the loss's dtype)."""
+    return value.to(dtype) if isinstance(value, torch.Tensor) else value
+
+
 def per_sequence_sum(x: torch.Tensor, seq_ids: torch.Tensor, num_seqs: int) -> torch.Tensor:
     """sum_t x_t per sequence: [N] -> [S] (also the fast paths' helper)."""
     return torch.zeros(num_seqs, dtype=x.dtype, device=x.device).index_add(0, seq_ids, x)
@@ -243,12 +249,16 @@ def policy_loss_flat(
     logp: torch.Tensor, seq_ids: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, *, num_seqs: int,
     entropy: torch.Tensor | None = None, old_logprobs: torch.Tensor | None = None,
     ref_logprobs: torch.Tensor | None = None, importance_weights: torch.Tensor | None = None,
-    num_items_in_batch=None, epsilon_low=_L.epsilon_low, epsilon_high=_L.epsilon_high, delta: float | None = _L.delta,
-    beta: float = _L.beta, kl_type: str = _L.kl_type, entropy_coef: float = _L.entropy_coef,
-    loss_type: str = _L.loss_type, importance_sampling_level: str = _L.importance_sampling_level,
+    num_items_in_batch=None, num_seqs_in_batch=None, epsilon_low=_L.epsilon_low, epsilon_high=_L.epsilon_high,
+    delta: float | None = _L.delta, beta: float = _L.beta, kl_type: str = _L.kl_type,
+    entropy_coef: float = _L.entropy_coef, loss_type: str = _L.loss_type,
+    importance_sampling_level: str = _L.importance_sampling_level,
     max_completion_length: int | None = _L.max_completion_length,
 ) -> PolicyLossOutput:
-    """The clipped surrogate loss of SPEC section 3 on tokens `logp [N]` of `num_seqs` sequences."""
+    """The clipped surrogate loss of SPEC section 3 on tokens `logp [N]` of `num_seqs` sequences.
+
+    `num_items_in_batch` (dapo) and `num_seqs_in_batch` (grpo, dr_grpo) replace this call's token / sequence
+    count in the denominator (None: this call's); the public ops refuse a count the loss type does not use."""
     dtype = logp.dtype
     maskf = mask.to(dtype)
     zero = torch.zeros_like(logp)
@@ -289,14 +299,15 @@ def policy_loss_flat(
         metrics["entropy"] = masked_mean(entropy.detach())
     per_token = torch.where(mask, per_token, zero)
 
+    sequences = num_seqs if num_seqs_in_batch is None else _count(num_seqs_in_batch, dtype)
     if loss_type == "grpo":
-        loss = (per_sequence_sum(per_token, seq_ids, num_seqs) / lengths).sum() / num_seqs
+        loss = (per_sequence_sum(per_token, seq_ids, num_seqs) / lengths).sum() / sequences
     elif loss_type == "bnpo":
         loss = per_token.sum() / num_tokens
     elif loss_type == "dr_grpo":
-        loss = per_token.sum() / (num_seqs * max_completion_length)
+        loss = per_token.sum() / (sequences * max_completion_length)
     elif loss_type == "dapo":
-        denominator = num_tokens if num_items_in_batch is None else num_items_in_batch
+        denominator = num_tokens if num_items_in_batch is None else _count(num_items_in_batch, dtype)
         loss = per_token.sum() / denominator
     else:
         check_choice("loss_type", loss_type, LossOptions.LOSS_TYPES)

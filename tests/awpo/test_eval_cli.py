@@ -65,6 +65,7 @@ def test_cli_end_to_end_with_a_tiny_model_on_vllm(long_context_tiny_model, tmp_p
     assert result["entries"]["multi_turn_base"][0]["error_type"].startswith("multi_turn:")
 
 
+@pytest.mark.bfcl  # scores with BFCL's checker in .venv-bfcl
 def test_cli_hf_engine_and_failed_generation_is_recorded(long_context_tiny_model, tmp_path):
     # --max-model-len 600 leaves no room for the live_simple prompts: those entries fail with a reason
     output = tmp_path / "hf"
@@ -100,6 +101,7 @@ def test_scripted_runs_and_compare(tmp_path, capsys):
     assert "-66.7" not in printed and "+66.7" in rows["**overall**"]
 
 
+@pytest.mark.bfcl  # scores with BFCL's checker in .venv-bfcl
 def test_evaluate_api_with_a_scripted_model_writes_files(tmp_path):
     result = awpo_eval.evaluate("scripted-silent", ["irrelevance", "parallel"], 2, output_dir=str(tmp_path),
                                 generate_fn=silent_model())

@@ -150,6 +150,28 @@ def test_grpo_estimator_loss_and_gradients_equal_trl_grpo_compute_loss(tiny_mode
         assert ours._metrics["train"][name] == pytest.approx(theirs._metrics["train"][name], abs=1e-6), name
 
 
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo", "dr_grpo"])
+def test_eval_mode_loss_equals_trl_grpo_compute_loss(tiny_model_dir, tmp_path, loss_type):
+    """In eval TRL neither accumulates nor splits the generation batch: no accumulation steps in any count."""
+    options = dict(loss_type=loss_type, max_completion_length=9, use_cpu=True, bf16=False, report_to=[],
+                   num_generations=2, per_device_train_batch_size=6, gradient_accumulation_steps=3,
+                   steps_per_generation=3, temperature=0.7)
+    dataset = tiny_dataset(2)
+    theirs = GRPOTrainer(model=tiny_model_dir, reward_funcs=[outcome_reward],
+                         args=GRPOConfig(output_dir=str(tmp_path / "trl"), **options), train_dataset=dataset)
+    ours = AWPOTrainer(model=tiny_model_dir, reward_funcs=[outcome_reward], train_dataset=dataset,
+                       args=AWPOConfig(output_dir=str(tmp_path / "awpo"), estimator="grpo", **options))
+    inputs = loss_inputs(theirs.processing_class)
+    losses = []
+    for trainer in (theirs, ours):
+        trainer.current_gradient_accumulation_steps = 3
+        trainer.model.eval()
+        with torch.no_grad():
+            losses.append(trainer._compute_loss(trainer.model, {k: v.clone() for k, v in inputs.items()}))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    assert losses[0].abs() > 1e-4
+
+
 # ----------------------------------------------------------------------------------------------
 # configuration
 # ----------------------------------------------------------------------------------------------

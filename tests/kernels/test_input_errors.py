@@ -84,6 +84,19 @@ CASES = [
     (fused, dict(chunk_size=0), "chunk_size"),
     (fused, dict(chunk_size=2.5), "chunk_size"),
     (fused, dict(num_items_in_batch=0), "num_items_in_batch"),
+    (fused, dict(num_items_in_batch=float("nan")), "num_items_in_batch"),
+    (fused, dict(num_items_in_batch=torch.tensor(-3.0)), "num_items_in_batch"),
+    (fused, dict(num_items_in_batch=torch.tensor([12.0])), "num_items_in_batch"),
+    (fused, dict(num_seqs_in_batch=0, loss_type="grpo"), "num_seqs_in_batch"),
+    (fused, dict(num_seqs_in_batch=-2.0, loss_type="dr_grpo"), "num_seqs_in_batch"),
+    (fused, dict(num_seqs_in_batch=float("nan"), loss_type="grpo"), "num_seqs_in_batch"),
+    (fused, dict(num_seqs_in_batch=float("inf"), loss_type="grpo"), "num_seqs_in_batch"),
+    (fused, dict(num_seqs_in_batch=True, loss_type="grpo"), "num_seqs_in_batch"),
+    (fused, dict(num_seqs_in_batch="4", loss_type="grpo"), "num_seqs_in_batch"),
+    (fused, dict(num_seqs_in_batch=torch.tensor(0), loss_type="grpo"), "num_seqs_in_batch"),
+    (fused, dict(num_seqs_in_batch=torch.tensor(float("inf")), loss_type="dr_grpo"), "num_seqs_in_batch"),
+    (fused, dict(num_seqs_in_batch=torch.ones(B), loss_type="grpo"), "num_seqs_in_batch"),
+    (fused, dict(num_seqs_in_batch=torch.tensor(True), loss_type="grpo"), "num_seqs_in_batch"),
     (fused, dict(backend="cuda"), "backend"),
     (logprobs, dict(targets=torch.randint(0, V, (B, T + 1))), "targets"),
     (logprobs, dict(weight=torch.randn(V, H - 1)), "H"),
@@ -97,6 +110,10 @@ CASES = [
     (policy, dict(advantages=torch.randn(B - 1)), "advantages"),
     (policy, dict(loss_type="sum"), "loss_type"),
     (policy, dict(old_logprobs=torch.rand(B, T, dtype=torch.float64).long()), "old_logprobs"),
+    (policy, dict(num_seqs_in_batch=0, loss_type="grpo"), "num_seqs_in_batch"),
+    (policy, dict(num_seqs_in_batch=torch.tensor(float("nan")), loss_type="dr_grpo"), "num_seqs_in_batch"),
+    (policy, dict(num_items_in_batch=-1), "num_items_in_batch"),
+    (policy, dict(num_items_in_batch=torch.tensor(float("inf"))), "num_items_in_batch"),
 ]
 
 
@@ -104,6 +121,32 @@ CASES = [
 def test_bad_argument_raises_value_error_naming_it(op, changes, fragment):
     with pytest.raises(ValueError, match=fragment):
         op(**dict(changes))
+
+
+UNUSED_COUNTS = [("num_seqs_in_batch", "dapo"), ("num_seqs_in_batch", "bnpo"), ("num_items_in_batch", "grpo"),
+                 ("num_items_in_batch", "dr_grpo"), ("num_items_in_batch", "bnpo")]
+
+
+@pytest.mark.parametrize("op", [fused, policy])
+@pytest.mark.parametrize("count,loss_type", UNUSED_COUNTS, ids=[f"{c}-{t}" for c, t in UNUSED_COUNTS])
+def test_a_count_the_loss_type_does_not_use_raises_naming_both(op, count, loss_type):
+    """num_seqs_in_batch divides grpo / dr_grpo, num_items_in_batch dapo; any other pairing is refused (a count
+    that changed nothing would hide a caller's mistake), whatever its value, a valid one included."""
+    for value in (12, torch.tensor(12.0)):
+        with pytest.raises(ValueError, match=f"{count} is a count of loss_type .* loss_type='{loss_type}' does not"):
+            op(loss_type=loss_type, **{count: value})
+    op(loss_type=loss_type, **{count: None})  # None is "this call's count" for every loss type
+
+
+def test_checks_off_skip_reading_a_count_tensor_but_not_its_shape_or_loss_type(monkeypatch):
+    monkeypatch.setenv("AWPO_KERNELS_CHECK_INPUTS", "0")
+    fused(loss_type="grpo", num_seqs_in_batch=torch.tensor(-1.0))  # the value is the caller's responsibility
+    with pytest.raises(ValueError, match="num_seqs_in_batch must be a number or a 0-dim"):
+        fused(loss_type="grpo", num_seqs_in_batch=torch.ones(2))
+    with pytest.raises(ValueError, match="loss_type='dapo' does not use it"):
+        fused(loss_type="dapo", num_seqs_in_batch=torch.tensor(3.0))
+    with pytest.raises(ValueError, match="num_seqs_in_batch must be a finite number > 0"):
+        fused(loss_type="grpo", num_seqs_in_batch=0)  # a number costs no synchronisation: always checked
 
 
 def packed_inputs(seq_ids):
@@ -153,17 +196,24 @@ def test_triton_backend_on_cpu_without_the_interpreter_explains_itself():
         ak.fused_linear_policy_loss(*args.values(), backend="triton")
 
 
-@pytest.mark.parametrize("name", ["advantages", "old_logprobs", "epsilon_low", "num_items_in_batch"])
+@pytest.mark.parametrize("name", ["advantages", "old_logprobs", "epsilon_low", "num_items_in_batch",
+                                  "num_seqs_in_batch"])
 def test_tensor_options_on_another_device_raise_naming_them(name):
     """A per-sequence or per-token tensor elsewhere than the inputs would be copied (a host sync) or read
     through a wrong pointer: refused up front. (The meta device stands in for a GPU here.)"""
     meta = {"advantages": torch.zeros(B, device="meta"), "old_logprobs": torch.zeros(B, T, device="meta"),
-            "epsilon_low": torch.zeros(B, device="meta"), "num_items_in_batch": torch.zeros(1, device="meta")}
+            "epsilon_low": torch.zeros(B, device="meta"), "num_items_in_batch": torch.zeros(1, device="meta"),
+            "num_seqs_in_batch": torch.zeros((), device="meta")}
     with pytest.raises(ValueError, match=f"{name} must be on the inputs' device"):
-        fused(**{name: meta[name]})
+        fused(**{name: meta[name]}, loss_type="grpo" if name == "num_seqs_in_batch" else "dapo")
 
 
 def test_a_cpu_scalar_tensor_option_is_a_scalar_not_a_device_mismatch():
     expected = fused(epsilon_high=0.28, num_items_in_batch=40.0).loss
     got = fused(epsilon_high=torch.tensor(0.28), num_items_in_batch=torch.tensor(40.0)).loss
     torch.testing.assert_close(got, expected)
+    expected = fused(loss_type="grpo", num_seqs_in_batch=7).loss
+    for count in (torch.tensor(7), torch.tensor(7.0, dtype=torch.float64)):  # int or float64: the loss stays fp32
+        got = fused(loss_type="grpo", num_seqs_in_batch=count).loss
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, expected)

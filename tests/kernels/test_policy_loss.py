@@ -5,6 +5,7 @@ a hand-computed example."""
 import itertools
 import math
 import zlib
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -283,6 +284,133 @@ def test_num_items_in_batch_scales_the_dapo_loss(kt, backend):
         scaled = run_policy_loss(backend, logprobs, None, case.advantages, case.mask, num_items_in_batch=items)
         torch.testing.assert_close(scaled["loss"], base["loss"] / 3)
         torch.testing.assert_close(scaled["grad_logprobs"], base["grad_logprobs"] / 3)
+
+
+# ----------------------------------------------------------------------------- batch counts
+
+# (loss type, the count that is its denominator): num_seqs_in_batch for the sequence-averaging types,
+# num_items_in_batch for dapo
+COUNTED = [("grpo", "num_seqs_in_batch"), ("dr_grpo", "num_seqs_in_batch"), ("dapo", "num_items_in_batch")]
+COUNT_VALUES = {"num_seqs_in_batch": 7.0, "num_items_in_batch": 41.5}  # larger than the call's own, not integral
+
+
+def count_id(entry):
+    return "-".join(entry)
+
+
+def count_value(count, as_tensor):
+    value = COUNT_VALUES[count]
+    return torch.tensor(value) if as_tensor else value
+
+
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["number", "tensor"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("loss_type,count", COUNTED, ids=map(count_id, COUNTED))
+def test_batch_counts_match_reference(kt, backend, loss_type, count, dtype, as_tensor):
+    """num_seqs_in_batch (grpo, dr_grpo) and num_items_in_batch (dapo), a number or a 0-dim tensor on the inputs'
+    device: loss, metrics, log-probs and both gradients equal the float64 reference."""
+    case = kt.make_case(3, 7, 19, 1001, dtype=dtype, seed=41)
+    options = build_options(kt, case, 0.9, beta=0.1, kl_type="k3", entropy_coef=0.02, importance_weights=True,
+                            per_sequence_eps=True)
+    options.update(loss_type=loss_type, **{count: count_value(count, as_tensor)})
+    got = kt.run_fused(backend, case, temperature=0.9, chunk_size=8, **options)
+    expected = kt.run_fused(backend, case, reference=True, temperature=0.9, **options)
+    kt.assert_same_results(got, expected, dtype, f"{loss_type} {count}")
+    own = kt.run_fused(backend, case, reference=True, temperature=0.9, **{**options, count: None})
+    calls_count = case.targets.shape[0] if count == "num_seqs_in_batch" else int(case.mask.sum())
+    # the count replaces the call's own in the denominator: the loss scales by their ratio
+    kt.assert_matches(expected["loss"], own["loss"] * calls_count / COUNT_VALUES[count], f64, "reference loss")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("loss_type,count", COUNTED, ids=map(count_id, COUNTED))
+def test_policy_loss_batch_counts_match_reference(kt, backend, loss_type, count, dtype):
+    case, logprobs, entropy = policy_inputs(kt, seed=42)
+    g = case.generator
+    options = dict(old_logprobs=logprobs + 0.3 * torch.randn(logprobs.shape, generator=g),
+                   ref_logprobs=logprobs + 0.5 * torch.randn(logprobs.shape, generator=g), beta=0.05,
+                   importance_weights=0.5 + torch.rand(logprobs.shape, generator=g), entropy_coef=0.03,
+                   loss_type=loss_type, **{count: count_value(count, as_tensor=dtype == torch.float32)})
+    # every input on the dtype's grid, so that the float64 reference reads the very same values
+    logprobs, entropy = logprobs.to(dtype), entropy.to(dtype)
+    options = {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.dim() else v) for k, v in options.items()}
+    got = run_policy_loss(backend, logprobs, entropy, case.advantages, case.mask, **options)
+    expected = run_policy_loss(backend, logprobs, entropy, case.advantages, case.mask, reference=True, **options)
+    assert set(got) == set(expected) and expected["grad_logprobs"].abs().sum() > 0
+    for key in expected:
+        kt.assert_matches(got[key], expected[key], dtype, key)
+
+
+def split_rows(case, options, start, stop):
+    """Rows [start, stop) of a padded case and of its per-token ([B, T]) and per-sequence ([B]) options."""
+    batch = case.targets.shape[0]
+    part = SimpleNamespace(**vars(case))
+    part.hidden, part.targets = case.hidden[start:stop], case.targets[start:stop]
+    part.advantages, part.mask = case.advantages[start:stop], case.mask[start:stop]
+
+    def rows(value):
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == batch:
+            return value[start:stop]
+        return value
+    return part, {k: rows(v) for k, v in options.items()}
+
+
+SPLITS = [(0, 2), (2, 3), (3, 5)]  # uneven micro-batches; row 1 (in the first) has no loss token
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("loss_type,count", COUNTED, ids=map(count_id, COUNTED))
+def test_micro_batches_called_with_the_batch_count_sum_to_one_call_on_the_batch(kt, backend, loss_type, count, level):
+    """Split a batch into micro-batches, call each with the whole batch's count (its sequences for grpo / dr_grpo,
+    its loss tokens for dapo) and sum: loss and weight gradient equal one call on the whole batch (the float64
+    reference), the hidden-state gradients and log-probs are the whole call's rows."""
+    case = kt.make_case(5, 9, 13, 1001, seed=43)
+    options = build_options(kt, case, 1.0, beta=0.1, kl_type="k2", entropy_coef=0.02, importance_weights=True,
+                            per_sequence_eps=True)
+    options.update(loss_type=loss_type, importance_sampling_level=level)
+    whole = kt.run_fused(backend, case, reference=True, **options)
+    total = case.targets.shape[0] if count == "num_seqs_in_batch" else int(case.mask.sum())
+    parts = []
+    for start, stop in SPLITS:
+        part, part_options = split_rows(case, options, start, stop)
+        parts.append(kt.run_fused(backend, part, chunk_size=7, **part_options, **{count: total}))
+    kt.assert_matches(sum(p["loss"] for p in parts), whole["loss"], case.dtype, "loss")
+    kt.assert_matches(sum(p["grad_weight"] for p in parts), whole["grad_weight"], case.dtype, "grad_weight")
+    for key in ("grad_hidden", "logprobs"):
+        kt.assert_matches(torch.cat([p[key] for p in parts]), whole[key], case.dtype, key)
+    assert whole["grad_hidden"].abs().sum() > 0 and all(p["grad_weight"].abs().sum() > 0 for p in parts)
+
+
+@pytest.mark.parametrize("loss_type,count", COUNTED, ids=map(count_id, COUNTED))
+def test_policy_loss_micro_batches_with_the_batch_count_sum_to_the_batch(kt, backend, loss_type, count):
+    case, logprobs, _ = policy_inputs(kt, seed=44)
+    old = logprobs + 0.3 * torch.randn(logprobs.shape, generator=case.generator)
+    options = dict(old_logprobs=old, loss_type=loss_type, max_completion_length=13)
+    whole = run_policy_loss(backend, logprobs, None, case.advantages, case.mask, reference=True, **options)
+    total = case.targets.shape[0] if count == "num_seqs_in_batch" else int(case.mask.sum())
+    losses, grads = [], []
+    for start, stop in SPLITS:
+        part = run_policy_loss(backend, logprobs[start:stop], None, case.advantages[start:stop],
+                               case.mask[start:stop], old_logprobs=old[start:stop], loss_type=loss_type,
+                               max_completion_length=13, **{count: torch.tensor(float(total))})
+        losses.append(part["loss"])
+        grads.append(part["grad_logprobs"])
+    kt.assert_matches(sum(losses), whole["loss"], torch.float32, "loss")
+    kt.assert_matches(torch.cat(grads), whole["grad_logprobs"], torch.float32, "grad_logprobs")
+
+
+def test_module_wrapper_takes_the_batch_counts(kt, backend):
+    case = kt.make_case(3, 7, 19, 1001, seed=45)
+    name, device = backend
+    args = (case.hidden.to(device), case.weight.to(device), case.targets.to(device), case.advantages.to(device))
+    for loss_type, count in COUNTED:
+        module = ak.FusedLinearPolicyLoss(loss_type=loss_type, epsilon_high=0.28, backend=name)
+        got = module(*args, **{count: COUNT_VALUES[count]})
+        expected = ak.fused_linear_policy_loss(*args, loss_type=loss_type, epsilon_high=0.28, backend="reference",
+                                               **{count: COUNT_VALUES[count]})
+        kt.assert_matches(got.loss, expected.loss, case.dtype, f"{loss_type} loss")
+        with pytest.raises(ValueError, match=f"{count}.*loss_type='bnpo'"):
+            ak.FusedLinearPolicyLoss(loss_type="bnpo", backend=name)(*args, **{count: COUNT_VALUES[count]})
 
 
 @pytest.mark.parametrize("vocab", [1001, 20011])

@@ -54,6 +54,26 @@ def test_grpo_loss_hand_computed():
     assert _loss(logp, adv, mask, loss_type="dapo").loss.item() == pytest.approx(-1 / 5)
     assert _loss(logp, adv, mask, loss_type="dapo", num_items_in_batch=10).loss.item() == pytest.approx(-1 / 10)
     assert _loss(logp, adv, mask, loss_type="dr_grpo", max_completion_length=4).loss.item() == pytest.approx(-1 / 8)
+    # the batch counts replace B (grpo, dr_grpo) or the token count (dapo): this call is part of a larger batch
+    assert _loss(logp, adv, mask, loss_type="grpo", num_seqs_in_batch=8).loss.item() == pytest.approx(-1 / 8)
+    assert _loss(logp, adv, mask, loss_type="dr_grpo", max_completion_length=4,
+                 num_seqs_in_batch=torch.tensor(5)).loss.item() == pytest.approx(-1 / 20)
+    assert _loss(logp, adv, mask, loss_type="dapo", num_items_in_batch=torch.tensor(20)).loss.item() == pytest.approx(
+        -1 / 20)
+
+
+def test_grpo_batch_count_divides_the_sum_of_sequence_means_and_its_gradient():
+    # grpo with num_seqs_in_batch = S': sum_b(mean_t(loss_bt)) / S', gradient -A_b / (len_b * S') on b's tokens
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.1, -4.0], [-1.0, -1.0, -1.0]], dtype=f64, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 0, 0]], dtype=torch.bool)  # the third sequence is empty
+    adv = torch.tensor([2.0, -1.0, 3.0], dtype=f64)
+    out = _loss(logp, adv, mask, loss_type="grpo", num_seqs_in_batch=10)
+    assert out.loss.item() == pytest.approx((-2 + 1) / 10)
+    out.loss.backward()
+    expected = torch.tensor([[-2 / 20, -2 / 20, 0.0], [1 / 30, 1 / 30, 1 / 30], [0.0, 0.0, 0.0]], dtype=f64)
+    torch.testing.assert_close(logp.grad, expected)
+    # without the count, the three sequences of the call (the empty one included) are the denominator
+    assert _loss(logp, adv, mask, loss_type="grpo").loss.item() == pytest.approx((-2 + 1) / 3)
 
 
 def test_clipped_ratio_hand_computed():

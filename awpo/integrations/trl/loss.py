@@ -6,9 +6,11 @@ takes that and the LM-head weight to the loss and its gradients, with TRL's sema
 
 - the same tokens: completion tokens where `completion_mask * tool_mask` is 1, each predicted by the hidden state
   before it; packed padding-free into the op (`seq_ids`), so padding costs no LM-head work;
-- TRL's loss types `grpo`, `bnpo`, `dr_grpo`, `dapo` and their normalisation: `dapo` divides by TRL's
-  `num_items_in_batch / num_processes * gradient_accumulation_steps / steps_per_generation`, the others by the
-  gradient-accumulation steps; `beta` with the reference log-probs (k3); TRL's vLLM importance-sampling ratio
+- TRL's loss types `grpo`, `bnpo`, `dr_grpo`, `dapo` and their normalisation, passed to the op as batch counts:
+  `dapo` divides by TRL's `num_items_in_batch / num_processes * gradient_accumulation_steps / steps_per_generation`
+  (`num_items_in_batch`), `grpo` / `dr_grpo` by the micro-batch's rows times the gradient-accumulation steps
+  (`num_seqs_in_batch`), `bnpo` by its loss tokens times those steps (the op's `dapo` with that count);
+  `beta` with the reference log-probs (k3); TRL's vLLM importance-sampling ratio
   (`importance_sampling_ratio`, token or sequence level) as importance weights; `delta`; GSPO
   (`importance_sampling_level="sequence"`); the logits' temperature and the model's logit scale;
 - per-sequence clip bounds when AWPO's `clip_shrink` > 0 (`epsilon_low` / `epsilon_high` in the inputs).
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 import awpo_kernels as ak
+from awpo.models import backbone_hidden_states
 from awpo_kernels._matmul import gemm_dtypes
 
 # Per-micro-batch inputs that only a vision-language model produces: the fused path runs text models only.
@@ -111,11 +114,9 @@ def last_hidden_states(model, inputs: dict, autocast) -> tuple[torch.Tensor, tor
     input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
     attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
     completion_length = inputs["completion_ids"].size(1)
-    device_type = input_ids.device.type
-    with autocast():
-        out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        autocast_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-    return out.last_hidden_state[:, -completion_length - 1:-1], autocast_dtype
+    hidden, autocast_dtype = backbone_hidden_states(model, autocast(), input_ids=input_ids,
+                                                    attention_mask=attention_mask)
+    return hidden[:, -completion_length - 1:-1], autocast_dtype
 
 
 def lm_head_compute_dtype(hidden_dtype: torch.dtype, autocast_dtype: torch.dtype | None,
@@ -166,15 +167,24 @@ def _per_sequence(value, default: float, device) -> torch.Tensor | float:
     return default if value is None else value.to(device=device, dtype=torch.float32)
 
 
-def normalisation(settings: LossSettings, inputs: dict, training: bool):
-    """(num_items_in_batch for the op or None, divisor applied after it), as TRL normalises each loss type."""
+def normalisation(settings: LossSettings, inputs: dict, mask: torch.Tensor, training: bool) -> tuple[str, dict]:
+    """(the op's loss type, its batch count) that normalise the loss of this micro-batch as TRL does.
+
+    TRL divides the loss of each loss type but dapo by the gradient-accumulation steps (in training), so the count
+    is this micro-batch's times those steps: its B rows for grpo / dr_grpo (`num_seqs_in_batch`, rows without a
+    loss token included, as TRL's mean over rows), its loss tokens for bnpo (a token mean: dapo with that
+    `num_items_in_batch`). dapo's `num_items_in_batch` spans the generation batch; TRL rescales it to one
+    accumulation window.
+    """
+    steps = settings.accumulation_steps if training else 1
     if settings.loss_type == "dapo":
-        # TRL: num_items_in_batch spans the generation batch; rescale it to one accumulation window
         items = inputs["num_items_in_batch"].clamp(min=1.0) / settings.num_processes
         if training:
             items = items * settings.accumulation_steps / settings.steps_per_generation
-        return items, 1.0
-    return None, float(settings.accumulation_steps) if training else 1.0
+        return "dapo", {"num_items_in_batch": items}
+    if settings.loss_type == "bnpo":
+        return "dapo", {"num_items_in_batch": mask.sum().clamp(min=1).float() * steps}
+    return settings.loss_type, {"num_seqs_in_batch": mask.shape[0] * steps}
 
 
 def gathered_lm_head(weight):
@@ -200,7 +210,7 @@ def compute_fused_loss(unwrapped, inputs: dict, settings: LossSettings, *, autoc
     rows, _ = torch.nonzero(mask, as_tuple=True)
     targets = inputs["completion_ids"][mask]
     weight, gather_context = gathered_lm_head(model.get_output_embeddings().weight)
-    num_items, divisor = normalisation(settings, inputs, training)
+    loss_type, counts = normalisation(settings, inputs, mask, training)
     device = hidden.device
     # autocast off: every dtype of the op is explicit (on CUDA it would otherwise read the caller's autocast)
     with gather_context, torch.autocast(device.type, enabled=False):
@@ -214,8 +224,8 @@ def compute_fused_loss(unwrapped, inputs: dict, settings: LossSettings, *, autoc
             temperature=settings.temperature / scale,
             epsilon_low=_per_sequence(inputs.get("epsilon_low"), settings.epsilon_low, device),
             epsilon_high=_per_sequence(inputs.get("epsilon_high"), settings.epsilon_high, device),
-            delta=settings.delta, beta=settings.beta, kl_type="k3", loss_type=settings.loss_type,
+            delta=settings.delta, beta=settings.beta, kl_type="k3", loss_type=loss_type,
             importance_sampling_level=settings.importance_sampling_level,
-            max_completion_length=settings.max_completion_length, num_items_in_batch=num_items)
-    return FusedLoss(result.loss / divisor, result.logprobs, mask.sum(), dict(result.metrics))
+            max_completion_length=settings.max_completion_length, **counts)
+    return FusedLoss(result.loss, result.logprobs, mask.sum(), dict(result.metrics))
 

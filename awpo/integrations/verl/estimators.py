@@ -16,9 +16,11 @@ Options (``algorithm.awpo.<key>=...``; a leading ``+`` only for a key the config
 defaults as ``group_advantages``): ``outcome_key``
 (``outcome``), ``reasoning_key`` (``reasoning``; null: no reasoning scores), ``scale`` (``group``, or
 ``none`` when ``algorithm.norm_adv_by_std_in_grpo=false``), ``unbiased``, ``eps``, ``outcome_range``,
-``gate``, ``gate_threshold``, ``weight``, ``reasoning_coef``, ``clip``, ``clip_ratio``, ``clip_max``.
-``clip_shrink`` has no channel to verl's loss (its clip ratios come from the actor config) and is
-refused. Groups may differ in size (rows are grouped per size), except for ``awpo_gdpo``, whose
+``gate``, ``gate_threshold``, ``weight``, ``reasoning_coef``, ``clip``, ``clip_ratio``, ``clip_max``: every
+``awpo_kernels.AdvantageOptions`` option (``KERNEL_OPTIONS``, derived from the registry) but those refused
+(``NOT_FROM_VERL_CONFIG``): ``clip_shrink`` has no channel to verl's loss (its clip ratios come from the
+actor config), ``epsilon_low`` / ``epsilon_high`` are those clip ratios and ``estimator`` is the
+``adv_estimator`` name. Groups may differ in size (rows are grouped per size), except for ``awpo_gdpo``, whose
 whitening spans the whole batch; a group of one completion is an error.
 """
 from __future__ import annotations
@@ -30,13 +32,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from awpo_kernels import group_advantages
+from awpo_kernels import AdvantageOptions, group_advantages
 from awpo_kernels.advantages import ESTIMATORS
 
 from . import registration, shim
 
-KERNEL_OPTIONS = ("scale", "unbiased", "eps", "outcome_range", "gate", "gate_threshold", "weight", "reasoning_coef",
-                  "clip", "clip_ratio", "clip_max")
+# The `AdvantageOptions` that ``algorithm.awpo`` does not take, and why; every other one it passes to
+# `group_advantages` as it is (KERNEL_OPTIONS: an option awpo_kernels adds is taken without a change here).
+NOT_FROM_VERL_CONFIG = {
+    "estimator": "the estimator is the one algorithm.adv_estimator names (awpo, awpo_mixed, ...)",
+    "clip_shrink": "the per-sequence clip bounds would have to reach verl's policy loss, whose clip ratios come from "
+                   "the actor config",
+    "epsilon_low": "the PPO clip is verl's actor_rollout_ref.actor.clip_ratio_low",
+    "epsilon_high": "the PPO clip is verl's actor_rollout_ref.actor.clip_ratio_high",
+}
+KERNEL_OPTIONS = tuple(name for name in AdvantageOptions.names() if name not in NOT_FROM_VERL_CONFIG)
 KEY_OPTIONS = ("outcome_key", "reasoning_key")
 
 
@@ -63,9 +73,9 @@ class EstimatorOptions:
         raw = _plain(_get(config, "awpo")) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"algorithm.awpo must be a mapping of options; got {type(raw).__name__}")
-        if "clip_shrink" in raw:
-            raise ValueError("algorithm.awpo.clip_shrink is not supported under verl: the per-sequence clip bounds "
-                             "would have to reach verl's policy loss, whose clip ratios come from the actor config")
+        for key, reason in NOT_FROM_VERL_CONFIG.items():
+            if key in raw:
+                raise ValueError(f"algorithm.awpo.{key} is not supported under verl: {reason}")
         unknown = sorted(set(raw) - set(KERNEL_OPTIONS) - set(KEY_OPTIONS))
         if unknown:
             raise ValueError(f"algorithm.awpo: unknown option(s) {unknown}; "

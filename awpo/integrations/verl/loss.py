@@ -10,15 +10,19 @@ options mapped:
 - ``rollout_is_weights`` (verl's rollout-correction importance weights) are the per-token
   ``importance_weights``;
 - ``loss_agg_mode`` and ``global_batch_info`` (dp size, global token / sequence counts) choose the loss
-  type and one constant factor, so the loss equals verl's ``agg_loss`` of the same per-token terms:
+  type and its batch count (the global count divided by dp size: verl multiplies each rank's loss by dp size,
+  its all-reduce averages), so the loss equals verl's ``agg_loss`` of the same per-token terms:
 
-  | verl ``loss_agg_mode`` | awpo ``loss_type`` | factor |
+  | verl ``loss_agg_mode`` | awpo ``loss_type`` | batch count |
   |---|---|---|
-  | ``token-mean`` | ``dapo``, ``num_items_in_batch`` = global token count (local when not given) | dp size |
-  | ``token-sum`` | ``dapo``, ``num_items_in_batch=1`` | dp size |
-  | ``seq-mean-token-mean`` | ``grpo`` | B x dp / global sequences (local non-empty ones when not given) |
+  | ``token-mean`` | ``dapo`` | ``num_items_in_batch`` = ``batch_num_tokens`` / dp size (*) |
+  | ``token-sum`` | ``dapo`` | ``num_items_in_batch`` = 1 / dp size |
+  | ``seq-mean-token-mean`` | ``grpo`` | ``num_seqs_in_batch`` = ``global_batch_size`` / dp size (*) |
   | ``seq-mean-token-sum`` | ``dr_grpo``, ``max_completion_length=1`` | the same |
   | ``seq-mean-token-sum-norm`` | ``dr_grpo``, ``max_completion_length`` = ``loss_scale_factor`` or T | the same |
+
+  (*) without the global count (one rank), as verl: this call's loss tokens; this call's sequences that have a
+  response token.
 
 AWPO's advantages are one per sequence: verl broadcasts each over the sequence's response tokens, and
 the loss takes it back (an estimator whose advantages vary along a response, such as GAE, is refused).
@@ -52,12 +56,12 @@ def awpo_policy_loss(old_log_prob: torch.Tensor, log_prob: torch.Tensor, advanta
         raise ValueError(f"loss_agg_mode={loss_agg_mode!r} has no awpo equivalent; one of {list(AGG_MODES)}")
     epsilon_low, epsilon_high, delta = clip_bounds(config)
     mask = response_mask.bool()
-    loss_type, options, factor = aggregation(loss_agg_mode, mask, _batch_info(config))
+    loss_type, options = aggregation(loss_agg_mode, mask, _batch_info(config))
     log_prob, old_log_prob = verl_log_ratio_clamp(log_prob, old_log_prob)
     out = policy_loss(log_prob, sequence_advantages(advantages, mask), mask, old_logprobs=old_log_prob,
                       importance_weights=rollout_is_weights, epsilon_low=epsilon_low, epsilon_high=epsilon_high,
                       delta=delta, loss_type=loss_type, **options)
-    return out.loss * factor, _metrics(out.metrics, log_prob, old_log_prob, advantages, mask, delta)
+    return out.loss, _metrics(out.metrics, log_prob, old_log_prob, advantages, mask, delta)
 
 
 def verl_log_ratio_clamp(log_prob: torch.Tensor, old_log_prob: torch.Tensor):
@@ -101,25 +105,29 @@ def _batch_info(config) -> dict:
     return info
 
 
-def aggregation(loss_agg_mode: str, mask: torch.Tensor, info: dict) -> tuple[str, dict, float]:
-    """(awpo loss_type, its options, the factor) that reproduce verl's ``agg_loss`` for this mode."""
+def aggregation(loss_agg_mode: str, mask: torch.Tensor, info: dict) -> tuple[str, dict]:
+    """(awpo loss_type, its options and batch count) that reproduce verl's ``agg_loss`` for this mode.
+
+    verl divides each rank's sum by a global count and multiplies by dp size (its data-parallel all-reduce averages
+    the ranks' gradients), so the count the op gets is the global one divided by dp size.
+    """
     dp_size = info.get("dp_size") or 1
     if loss_agg_mode == "token-mean":
         tokens = info.get("batch_num_tokens")
         _needs_global(tokens, dp_size, "batch_num_tokens", loss_agg_mode)
-        return "dapo", {"num_items_in_batch": tokens}, dp_size
+        return "dapo", {"num_items_in_batch": None if tokens is None else tokens / dp_size}
     if loss_agg_mode == "token-sum":
-        return "dapo", {"num_items_in_batch": 1}, dp_size
+        return "dapo", {"num_items_in_batch": 1 / dp_size}
     sequences = info.get("global_batch_size")
     _needs_global(sequences, dp_size, "global_batch_size", loss_agg_mode)
     if sequences is not None:
-        factor = mask.shape[0] * dp_size / sequences
+        counts = {"num_seqs_in_batch": sequences / dp_size}
     else:  # verl averages over the sequences that have a response token
-        factor = mask.shape[0] / max(int(mask.any(dim=-1).sum()), 1)
+        counts = {"num_seqs_in_batch": max(int(mask.any(dim=-1).sum()), 1)}
     if loss_agg_mode == "seq-mean-token-mean":
-        return "grpo", {}, factor
+        return "grpo", counts
     horizon = info.get("loss_scale_factor") if loss_agg_mode == "seq-mean-token-sum-norm" else 1
-    return "dr_grpo", {"max_completion_length": horizon or mask.shape[-1]}, factor
+    return "dr_grpo", {"max_completion_length": horizon or mask.shape[-1], **counts}
 
 
 def _needs_global(value, dp_size: int, name: str, loss_agg_mode: str) -> None:
