@@ -6,7 +6,12 @@ A checkpoint is `output_dir/checkpoint-<step>/`:
   and vLLM load the directory as is);
 - `trainer_state.pt`: optimizer, scheduler, the python / numpy / torch RNG states, the step and the
   data position: everything the next step depends on, so a resumed run repeats it bit for bit;
-- `trainer_state.json`: the same step / position and the config, for humans.
+- `trainer_state.json`: the same step / position and the config, for humans, and what the run chose at
+  start where the config says 'auto' (`run`: the rollout dtype and the importance-sampling correction).
+
+A resumed run keeps the choices its checkpoint recorded in `extra` (the CPU thread count, the rollout
+dtype: `resumed_rollout_dtype`), so it repeats the original run's next steps; a checkpoint from before the
+rollout dtype was recorded ran vLLM in the learner's `dtype`, and resumes so.
 
 Atomicity: everything is written into a hidden temporary directory next to the target, fsynced,
 then renamed into place. A crash at any moment leaves either the previous checkpoints untouched or
@@ -78,8 +83,10 @@ def _as_tuples(value):
 
 def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model, tokenizer, optimizer, scheduler,
                     data_position: int, config: dict | None = None, extra: dict | None = None,
-                    save_total_limit: int = 0) -> Path:
-    """Write `output_dir/checkpoint-<step>` atomically; keep the newest `save_total_limit` (0: all)."""
+                    save_total_limit: int = 0, run: dict | None = None) -> Path:
+    """Write `output_dir/checkpoint-<step>` atomically; keep the newest `save_total_limit` (0: all).
+    `extra` goes into trainer_state.pt (what a resumed run reads), `config` and `run` (plain facts such as
+    the chosen rollout dtype) into trainer_state.json."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp_dirs(output_dir)
@@ -98,6 +105,8 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, *, model, tokenize
         }
         torch.save(state, tmp / STATE_FILE)
         summary = {"step": step, "data_position": data_position, "config": config or {}}
+        if run:
+            summary["run"] = run
         (tmp / STATE_JSON).write_text(json.dumps(summary, indent=2, default=str))
         _fsync_tree(tmp)
         _replace_dir(tmp, target)
@@ -232,6 +241,16 @@ def load_trainer_state(path: str | os.PathLike) -> dict:
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise ValueError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); resume from "
                          f"an earlier checkpoint with --resume DIR") from err
+
+
+def resumed_rollout_dtype(state: dict, learner_dtype: str) -> tuple[str, str]:
+    """(dtype, reason): the rollout dtype of the run a `load_trainer_state` state comes from. A checkpoint
+    written before the trainer recorded it (no `extra['rollout_dtype']`) sampled with vLLM in the learner's
+    `dtype` (float32 by default)."""
+    stored = (state.get("extra") or {}).get("rollout_dtype")
+    if stored is None:
+        return learner_dtype, "resumed from a checkpoint that predates rollout_dtype: vLLM ran in dtype"
+    return str(stored), "resumed: the checkpoint's rollout dtype"
 
 
 def restore_training_state(state: dict, *, optimizer, scheduler) -> None:

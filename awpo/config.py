@@ -29,10 +29,12 @@ class ConfigError(ValueError):
 
 
 def option(default, help: str, *, choices: tuple | None = None, low: float | None = None,
-           high: float | None = None, low_open: bool = False, group: str = "general"):
-    """A config field; `low`/`high` are inclusive bounds (`low_open`: strictly greater than `low`)."""
+           high: float | None = None, low_open: bool = False, group: str = "general", auto: bool = False):
+    """A config field; `low`/`high` are inclusive bounds (`low_open`: strictly greater than `low`).
+    `auto` (an optional field): None is written 'auto' (on the command line, in YAML and in --help): the
+    value is chosen when the run starts."""
     return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high,
-                                            "low_open": low_open, "group": group})
+                                            "low_open": low_open, "group": group, "auto": auto})
 
 
 def kernel_option(name: str, **bounds):
@@ -69,8 +71,15 @@ class Config:
                           "slow fallback)", choices=("vllm", "hf"), group="run")
     device: str = option("auto", "training device: 'auto' (cuda if available), 'cpu' or 'cuda'",
                          choices=("auto", "cpu", "cuda"), group="run")
-    dtype: str = option("float32", "training and rollout dtype (float32 keeps vLLM and trainer log-probs "
-                        "within ~3e-5 on CPU)", choices=("float32", "bfloat16"), group="run")
+    dtype: str = option("float32", "the learner's dtype: the policy's master weights (and the reference "
+                        "model's); the hf rollout samples in it too", choices=("float32", "bfloat16"), group="run")
+    rollout_dtype: str = option("auto", "vLLM's dtype for the rollouts (the learner stays in dtype): 'auto' = "
+                                "bfloat16 where dtype is bfloat16 or the rollout device has bf16 units (CPU flag "
+                                "amx_bf16 or avx512_bf16, a GPU of compute capability 8.0+), else float32; with "
+                                "--resume, auto keeps the checkpoint's rollout dtype (dtype for checkpoints from "
+                                "before this option). float32 with dtype float32 keeps vLLM and trainer log-probs "
+                                "within ~3e-5 on CPU",
+                                choices=("auto", "float32", "bfloat16"), group="run")
     cpu_threads: int = option(0, "torch threads on CPU; 0: every core this process may use (OMP_NUM_THREADS, "
                               "when set, wins); a resumed run reuses the original count (thread counts change "
                               "float summation order)", low=0, group="run")
@@ -145,9 +154,11 @@ class Config:
                                               "of the loss (they still count in the group statistics)",
                                               group="loss")
     entropy_coef: float = option(0.0, "entropy bonus coefficient", low=0.0, group="loss")
-    vllm_importance_sampling_correction: bool = option(
-        False, "weight the loss by the truncated importance ratio between the trainer's and the rollout "
-        "engine's log-probs (TRL semantics; costs one extra no-grad forward)", group="loss")
+    vllm_importance_sampling_correction: bool | None = option(
+        None, "weight the loss by the truncated importance ratio between the trainer's and the rollout "
+        "engine's log-probs (TRL semantics; costs one extra no-grad forward); auto: on unless rollout and "
+        "learner both compute in float32 (rollout_dtype float32, dtype float32, no bf16_autocast)",
+        group="loss", auto=True)
     vllm_importance_sampling_mode: str = option(
         "token_truncate", "how the ratio is capped: per token or per sequence, truncated at or masked "
         "above the cap", choices=("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
@@ -283,6 +294,9 @@ class Config:
             except ValueError as err:
                 raise ConfigError(f"eval_bfcl={self.eval_bfcl!r}: {err}") from None
         _check_judge_options(self)
+        if self.rollout == "hf" and self.rollout_dtype not in ("auto", self.dtype):
+            raise ConfigError(f"rollout_dtype={self.rollout_dtype!r}: the hf rollout samples from the training model, "
+                              f"in dtype={self.dtype!r} (use rollout_dtype auto, or rollout vllm)")
         if self.max_completion_length >= self.max_model_len:
             raise ConfigError(f"max_completion_length={self.max_completion_length} must be smaller than "
                               f"max_model_len={self.max_model_len}")
@@ -363,13 +377,18 @@ def _check_field(f: dataclasses.Field, value) -> None:
         raise ConfigError(f"{f.name}={value!r}: must be <= {high}")
 
 
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+_TRUE, _FALSE, _NONE = ("true", "1", "yes", "on"), ("false", "0", "no", "off"), ("none", "null", "~")
+
+
+def _field(name: str) -> dataclasses.Field:
+    return {f.name: f for f in dataclasses.fields(Config)}[name]
 
 
 def coerce(name: str, value):
     """A YAML or command-line value converted to the field's type; ConfigError when impossible."""
     base = field_types()[name]
-    if isinstance(value, str) and value.strip().lower() in ("none", "null", "~") and is_optional(name):
+    if is_optional(name) and (value is None or (isinstance(value, str) and value.strip().lower() in _NONE + (
+            ("auto",) if _field(name).metadata.get("auto") else ()))):
         return None
     if name == "scale_rewards" and isinstance(value, bool):  # TRL's older boolean form
         return "group" if value else "none"
@@ -400,6 +419,8 @@ def coerce(name: str, value):
         return str(value)
     except (TypeError, ValueError):
         kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[base]
+        if _field(name).metadata.get("auto"):
+            kind = kind.replace(" or ", ", ") + " or auto"
         raise ConfigError(f"{name}={value!r}: expected {kind}") from None
 
 
@@ -446,8 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
         base = field_types()[f.name]
         metavar = "|".join(meta["choices"]) if meta.get("choices") else (
             "true|false" if base is bool else base.__name__.upper())
+        if meta.get("auto"):
+            metavar += "|auto"
+        default = "auto" if meta.get("auto") and f.default is None else repr(f.default)
         groups[title].add_argument(f"--{f.name}", dest=f.name, default=argparse.SUPPRESS, metavar=metavar,
-                                   help=f"{meta['help']} (default: {f.default!r})")
+                                   help=f"{meta['help']} (default: {default})")
     return parser
 
 

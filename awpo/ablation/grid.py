@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..checkpoint import list_checkpoints
 from ..config import Config, ConfigError, build_parser, config_from_options, underscored
+from ..rollout.precision import choose_is_correction, choose_rollout_dtype
 
 RESULT_FILE = "result.json"
 BASE = "base"
@@ -202,22 +203,50 @@ def identity(config: Config | dict) -> dict:
     return {k: v for k, v in values.items() if k not in NOT_IDENTITY}
 
 
+PRECISION_OPTIONS = ("rollout_dtype", "vllm_importance_sampling_correction")  # compared as resolved, below
+
+
 def check_finished_run_matches(run: Run) -> None:
     """A finished run is reused only if it ran the planned options: otherwise the grid would mix runs."""
     if not run.done:
         return
-    stored = json.loads(run.result_path.read_text()).get("config", {})
+    result = json.loads(run.result_path.read_text())
+    stored = result.get("config", {})
     planned = identity(run.config)
     defaults = dataclasses.asdict(Config())
     differences = {
         k: (stored.get(k), v)
         for k, v in planned.items()
-        if json.dumps(stored[k] if k in stored else defaults.get(k)) != json.dumps(v)
+        if k not in PRECISION_OPTIONS
+        and json.dumps(stored[k] if k in stored else defaults.get(k)) != json.dumps(v)
     }  # an option added after the run was stored ran at its default
+    ran, plan = stored_precision(result), planned_precision(run.config)
+    differences.update({k: (ran[k], plan[k]) for k in plan if ran[k] != plan[k]})
     if differences:
         shown = ", ".join(f"{k}: {old!r} there, {new!r} planned" for k, (old, new) in sorted(differences.items())[:4])
         raise ConfigError(f"{run.directory} holds a finished run with other options ({shown}); "
                           "choose another --output_dir or delete that run")
+
+
+def stored_precision(result: dict) -> dict:
+    """The rollout dtype and correction a finished run ran with: its `precision` record, or for a run stored
+    before that record existed, vLLM in `dtype` and the correction as its config said (off by default then)."""
+    if "precision" in result:
+        precision = result["precision"]
+        return {"rollout_dtype": precision["rollout_dtype"],
+                "importance_sampling_correction": precision["importance_sampling_correction"]}
+    config = result.get("config", {})
+    return {"rollout_dtype": config.get("dtype", "float32"),
+            "importance_sampling_correction": bool(config.get("vllm_importance_sampling_correction") or False)}
+
+
+def planned_precision(config: Config) -> dict:
+    """What a run of `config` would resolve its precision options to on this machine."""
+    rollout_dtype, _ = choose_rollout_dtype(config.rollout_dtype, config.dtype, engine=config.rollout)
+    correction, _ = choose_is_correction(config.vllm_importance_sampling_correction, rollout_dtype=rollout_dtype,
+                                         learner_dtype=config.dtype, bf16_autocast=config.bf16_autocast,
+                                         engine=config.rollout)
+    return {"rollout_dtype": rollout_dtype, "importance_sampling_correction": correction}
 
 
 def command(run: Run) -> list[str]:

@@ -145,12 +145,14 @@ def sample(config, prompts: int, on_batch=None) -> list:
     from ..models import load_policy, resolve_model_path
     from ..rollout import make_engine, vllm_available
     from ..rollout.multiturn import RolloutOptions, run_episodes
+    from ..rollout.precision import choose_rollout_dtype
 
     set_cpu_threads(config.cpu_threads)
     path = resolve_model_path(config.model)
     model, tokenizer = load_policy(path, dtype=getattr(torch, config.dtype), device="cpu")
     if config.rollout == "vllm" and vllm_available():
-        engine = make_engine("vllm", path, seed=config.seed, dtype=config.dtype, max_model_len=config.max_model_len,
+        dtype, _ = choose_rollout_dtype(config.rollout_dtype, config.dtype)  # the trainer's rollouts' dtype
+        engine = make_engine("vllm", path, seed=config.seed, dtype=dtype, max_model_len=config.max_model_len,
                              kv_cache_gb=config.vllm_kv_cache_gb,
                              gpu_memory_utilization=config.vllm_gpu_memory_utilization)
         del model
@@ -329,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine_description(), "threads": args.threads,
             "load_start": _uptime_load(), "seed": args.seed, "categories": args.categories,
             "model": config.model or "SmolLM2-135M-Instruct", "temperature": config.temperature,
-            "max_completion_length": config.max_completion_length,
+            "max_completion_length": config.max_completion_length, "rollout_dtype": config.rollout_dtype,
             "command": "python -m awpo.ablation.signal " + " ".join(shlex.quote(a) for a in argv)}
     started = time.time()
     with tqdm(total=args.prompts, desc="phase 0", unit="prompt", dynamic_ncols=True) as bar:

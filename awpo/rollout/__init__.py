@@ -8,6 +8,9 @@ Two engines share one small protocol so the trainer does not care which one runs
 
 Prompts are either text (tokenised here without extra special tokens: chat templates already add
 them) or token ids (multi-turn episodes build their token sequences themselves).
+
+An engine's `dtype` attribute says what it samples in ("float32", "bfloat16"); the trainer's choice of
+vLLM's dtype (`rollout_dtype`) and of the importance-sampling correction is `awpo.rollout.precision`.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ class Completion:
 
 class RolloutEngine(Protocol):
     supports_json_schema: bool  # whether `generate` takes `json_schema` (vLLM: yes; hf: no; absent: no)
+    dtype: str  # what it samples in, "float32" or "bfloat16" (absent: taken to be the learner's dtype)
 
     def generate(self, prompts: Sequence[Prompt], *, n: int, temperature: float, max_tokens: int,
                  top_p: float = 1.0, stop: list[str] | None = None,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from . import Completion, Prompt
+from .precision import torch_dtype_name
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,11 @@ class HFEngine:
         tokens, logprobs = tokens[:end], logprobs[:end]
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return Completion(text=text, token_ids=tokens, logprobs=logprobs, finish_reason=finish)
+
+    @property
+    def dtype(self) -> str:
+        """The dtype it samples in: the training model's ("float32", "bfloat16")."""
+        return torch_dtype_name(next(self.model.parameters()).dtype)
 
     def sync_weights(self, model) -> None:
         if model is not self.model:

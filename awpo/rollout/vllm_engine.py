@@ -12,6 +12,10 @@ On CUDA, per-request seeds in `SamplingParams` do the same job.
 Log-probs are vLLM's "processed" ones (after temperature / top-p), the distribution the tokens were
 really drawn from, which the trainer's importance-sampling correction needs.
 
+dtype: the engine's own (`dtype`, e.g. bfloat16 rollouts for an fp32 learner: `awpo.rollout.precision`);
+`sync_weights` hands it the learner's tensors as they are and vLLM's weight loaders cast them while copying.
+The `dtype` attribute is the dtype vLLM resolved (for "auto": the checkpoint's), as a string.
+
 Structured outputs: ``generate(..., json_schema=SCHEMA)`` constrains every sample to a JSON schema
 (vLLM's structured outputs; the engine judge's verdicts, ``awpo.judges.engine``). The engine is
 started with the llguidance backend and compact JSON: xgrammar (vLLM's default) lets raw control
@@ -29,6 +33,7 @@ from collections.abc import Sequence
 import torch
 
 from . import Completion, Prompt
+from .precision import torch_dtype_name
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +64,10 @@ class VLLMEngine:
             options["gpu_memory_utilization"] = gpu_memory_utilization
         else:
             options["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
-        logger.info("Starting vLLM on %s (%s, eager=%s)", "cuda" if self.on_cuda else "cpu", model_path,
+        logger.info("Starting vLLM on %s (%s, %s, eager=%s)", "cuda" if self.on_cuda else "cpu", model_path, dtype,
                     options["enforce_eager"])
         self.llm = LLM(**options)
+        self.dtype = torch_dtype_name(getattr(self.llm.llm_engine.model_config, "dtype", dtype))
         self.tokenizer = self.llm.get_tokenizer()
         self.supports_json_schema = _guidance_reads(self.tokenizer)
 

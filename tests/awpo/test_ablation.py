@@ -125,6 +125,31 @@ def test_a_finished_run_with_other_options_is_not_reused(tmp_path):
                   threads=1)
 
 
+def test_a_finished_run_is_compared_on_the_precision_it_resolved(tmp_path):
+    """Runs stored before rollout_dtype existed sampled in `dtype` with the correction as configured (off by
+    default then): an 'auto' plan is compared with what auto resolves to here, not with the word 'auto'."""
+    def finish(name, stored, precision=None):
+        output_dir = tmp_path / name
+        runs = grid.plan(grid.parse_variants("grpo"), [0], [], output_dir, eval_seed=0, eval_tasks=8, threads=1)
+        runs[1].directory.mkdir(parents=True)
+        result = {"config": stored} | ({"precision": precision} if precision else {})
+        runs[1].result_path.write_text(json.dumps(result))
+        return lambda *args: grid.plan(grid.parse_variants("grpo"), [0], list(args), output_dir, eval_seed=0,
+                                       eval_tasks=8, threads=1)
+
+    base = grid.identity(grid.plan(grid.parse_variants("grpo"), [0], [], tmp_path / "x", eval_seed=0, eval_tasks=8,
+                                   threads=1)[1].config)
+    old = {k: v for k, v in base.items() if k not in grid.PRECISION_OPTIONS} | {
+        "vllm_importance_sampling_correction": False}
+    replan = finish("old", old)  # an old run: fp32 vLLM, no correction
+    replan("--rollout_dtype", "float32", "--vllm_importance_sampling_correction", "false")  # the same: reused
+    with pytest.raises(ConfigError, match="importance_sampling_correction: False there, True planned"):
+        replan("--rollout_dtype", "float32")  # auto turns the correction on under bf16 autocast
+    replan = finish("new", base, {"rollout_dtype": "bfloat16", "importance_sampling_correction": True})
+    with pytest.raises(ConfigError, match="rollout_dtype: 'bfloat16' there, 'float32' planned"):
+        replan("--rollout_dtype", "float32")
+
+
 def test_config_file_and_command_line_combine(tmp_path):
     path = tmp_path / "grid.yaml"
     path.write_text("variants: [grpo, awpo]\nseeds: [3, 4]\nparallel: 2\ntrain:\n  max_steps: 7\n"

@@ -115,6 +115,11 @@ def test_result_json_holds_both_evaluations_task_by_task(two_step_run):
     trainer, result, output_dir = two_step_run
     stored = json.loads((output_dir / "result.json").read_text())
     assert stored["steps"] == 2 and stored["config"]["seed"] == 7 and stored["final_model"] == result.final_model
+    # the injected engine's dtype is the rollout dtype, whatever rollout_dtype auto would pick on this machine
+    assert stored["precision"] == {"learner_dtype": "float32", "bf16_autocast": False, "rollout_dtype": "float32",
+                                   "rollout_dtype_reason": "the injected engine's",
+                                   "importance_sampling_correction": True,
+                                   "importance_sampling_reason": "set by vllm_importance_sampling_correction"}
     for key in ("eval_before", "eval_after"):
         tasks = stored[key]["tasks"]
         assert [t["id"] for t in tasks] == ["w0", "w1", "w2"] and {t["category"] for t in tasks} == {"simple"}
