@@ -18,7 +18,7 @@ export TRITON_CACHE_DIR       := $(SCRATCH)/triton
 export VLLM_ENABLE_V1_MULTIPROCESSING := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv train test bench
+.PHONY: venv train test test-fast bench
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt setup.py pyproject.toml
@@ -30,10 +30,16 @@ $(VENV)/.installed: requirements.txt setup.py pyproject.toml
 train: venv
 	$(PY) -m awpo.train $(ARGS)
 
+# The whole suite on two pytest-xdist workers with one torch thread each (ARGS='-n 0': one process).
 test: venv
 	$(PY) -m awpo.bfcl.venv --ensure
 	$(PY) -m awpo.integrations.verl.venv --ensure
-	$(PY) -m pytest tests -q -p no:cacheprovider $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q -p no:cacheprovider -n 2 --dist worksteal $(ARGS)
+
+# The inner loop for a change: no vLLM, no BFCL checker, no slow tests; two workers with one torch thread each.
+test-fast: venv
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q -p no:cacheprovider -m "not vllm and not bfcl and not slow" \
+		-n 2 --dist worksteal $(ARGS)
 
 bench: venv
 	$(PY) -m pytest benchmarks --benchmark-only -p no:cacheprovider $(ARGS)

@@ -13,7 +13,7 @@ test uses:
 - ``cuda``: needs a GPU (named after CUDA, or skipped with a reason that names CUDA);
 - ``slow``: takes more than about 20 s on the 2-core CI machine.
 
-The inner loop, about a minute: ``pytest -m "not vllm and not bfcl and not slow"``.
+The inner loop, under a minute: ``make test-fast`` (``pytest -m "not vllm and not bfcl and not slow" -n 2``).
 """
 from __future__ import annotations
 
