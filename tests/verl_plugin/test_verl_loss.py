@@ -39,7 +39,8 @@ def inputs(seed: int = 0):
 
 
 def kernel_loss(mode: str, batch_info: dict, logp, old, per_row, mask, weights):
-    """awpo_kernels.policy_loss with the documented mapping of verl's loss_agg_mode."""
+    """awpo_kernels.policy_loss on this call's own counts, times the factor that turns it into verl's agg_loss: an
+    independent form of the plugin's mapping (the plugin passes global counts to the op instead)."""
     dp = batch_info.get("dp_size", 1)
     sequences = batch_info.get("global_batch_size")
     seq_factor = B * dp / sequences if sequences else B / int(mask.any(-1).sum())
