@@ -156,7 +156,7 @@ class Config:
     entropy_coef: float = option(0.0, "entropy bonus coefficient", low=0.0, group="loss")
     vllm_importance_sampling_correction: bool | None = option(
         None, "weight the loss by the truncated importance ratio between the trainer's and the rollout "
-        "engine's log-probs (TRL semantics; costs one extra no-grad forward); auto: on unless rollout and "
+        "engine's log-probs (TRL semantics; costs one LM-head pass); auto: on unless rollout and "
         "learner both compute in float32 (rollout_dtype float32, dtype float32, no bf16_autocast)",
         group="loss", auto=True)
     vllm_importance_sampling_mode: str = option(

@@ -256,11 +256,18 @@ def importance_weights(old: torch.Tensor, sampling: torch.Tensor, seq_ids: torch
     return torch.where(ratio <= cap, ratio, torch.zeros_like(ratio))
 
 
+def needs_old_pass(options: UpdateOptions) -> bool:
+    """Whether the old log-probs need their own no-grad forward before the updates: only when the policy moves
+    between them and a micro-batch's loss (several iterations or optimizer steps). With one of each, the old
+    log-probs are the live ones: the importance weights are formed from the training forward's own hidden
+    states (`live_importance_weights`), which saves a forward of the transformer."""
+    return options.num_iterations > 1 or options.optimizer_steps_per_iteration > 1
+
+
 def prepare_micro_batches(model, ref_model, batch: RolloutBatch, plans, options: UpdateOptions, device):
     """Pack every micro-batch and attach what stays fixed over the iterations: old log-probs (the
     policy before this step's updates), reference log-probs, importance weights."""
-    need_old = (options.num_iterations > 1 or options.optimizer_steps_per_iteration > 1
-                or options.is_correction)
+    need_old = needs_old_pass(options)
     entropies, packed = [], []
     for plan in plans:
         step_micro = []
@@ -273,13 +280,32 @@ def prepare_micro_batches(model, ref_model, batch: RolloutBatch, plans, options:
             if ref_model is not None:
                 micro.ref_logprobs, _ = token_logprobs(ref_model, micro, options.loss.temperature,
                                                        bf16_autocast=options.bf16_autocast)
-            if options.is_correction:
+            if options.is_correction and need_old:
                 micro.importance_weights = importance_weights(
                     micro.old_logprobs, micro.sampling_logprobs, micro.seq_ids, len(indices),
                     options.is_mode, options.is_cap)
             step_micro.append(micro)
         packed.append(step_micro)
     return packed, entropies
+
+
+@torch.no_grad()
+def live_importance_weights(model, micro: MicroBatch, hidden: torch.Tensor, options: UpdateOptions, tally: _Tally):
+    """The importance weights of a micro-batch from the training forward's hidden states (no gradient; one
+    LM-head pass), for an update whose old log-probs are the live ones (`needs_old_pass` false)."""
+    with _loss_autocast(hidden, options.bf16_autocast):
+        out = ak.linear_logprobs(hidden.detach(), lm_head_weight(model), micro.targets,
+                                 temperature=options.loss.temperature, return_entropy=True)
+    weights = importance_weights(out.logprobs, micro.sampling_logprobs, micro.seq_ids, len(micro.seq_indices),
+                                 options.is_mode, options.is_cap)
+    tally.add_tokens("entropy", out.entropy)
+    _tally_importance(tally, weights, out.logprobs, micro.sampling_logprobs)
+    return weights
+
+
+def _tally_importance(tally, weights: torch.Tensor, old: torch.Tensor, sampling: torch.Tensor) -> None:
+    tally.add_tokens("is_weight", weights)
+    tally.add_tokens("is_logratio_abs", (old - sampling).abs())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,8 +327,7 @@ def update_policy(model, optimizer, scheduler, batch: RolloutBatch, options: Upd
     for micro_list in packed:
         for micro in micro_list:
             if micro.importance_weights is not None:
-                tally.add_tokens("is_weight", micro.importance_weights)
-                tally.add_tokens("is_logratio_abs", (micro.old_logprobs - micro.sampling_logprobs).abs())
+                _tally_importance(tally, micro.importance_weights, micro.old_logprobs, micro.sampling_logprobs)
 
     for _ in range(options.num_iterations):
         for plan, micro_list in zip(plans, packed):
@@ -342,8 +367,12 @@ def _backward_micro_batch(model, batch: RolloutBatch, micro: MicroBatch, plan: O
     advantages = batch.advantages[index].to(device, torch.float32)
     with torch.profiler.record_function(PHASES[1]):
         hidden = last_hidden_states(model, micro, bf16_autocast=options.bf16_autocast)
+        weights = micro.importance_weights
+        if options.is_correction and weights is None:
+            with torch.profiler.record_function(LM_HEAD_RANGE):
+                weights = live_importance_weights(model, micro, hidden, options, tally)
         with _loss_autocast(hidden, options.bf16_autocast), torch.profiler.record_function(LM_HEAD_RANGE):
-            result = _fused_loss(model, batch, micro, index, hidden, advantages, options, plan)
+            result = _fused_loss(model, batch, micro, index, hidden, advantages, options, plan, weights)
         loss = result.loss
     with torch.profiler.record_function(PHASES[2]):
         loss.backward()
@@ -363,13 +392,14 @@ def batch_counts(loss_type: str, plan: OptimizerStepPlan) -> tuple[str, dict]:
 
 
 def _fused_loss(model, batch: RolloutBatch, micro: MicroBatch, index: torch.Tensor, hidden: torch.Tensor,
-                advantages: torch.Tensor, options: UpdateOptions, plan: OptimizerStepPlan) -> ak.PolicyLossOutput:
+                advantages: torch.Tensor, options: UpdateOptions, plan: OptimizerStepPlan,
+                importance: torch.Tensor | None) -> ak.PolicyLossOutput:
     device = micro.targets.device
     loss_type, counts = batch_counts(options.loss.loss_type, plan)
     return ak.fused_linear_policy_loss(
         hidden, lm_head_weight(model), micro.targets, advantages, seq_ids=micro.seq_ids,
         old_logprobs=micro.old_logprobs, ref_logprobs=micro.ref_logprobs,
-        importance_weights=micro.importance_weights, options=options.loss,
+        importance_weights=importance, options=options.loss,
         epsilon_low=batch.epsilon_low[index].to(device, torch.float32),
         epsilon_high=batch.epsilon_high[index].to(device, torch.float32), loss_type=loss_type, **counts)
 

