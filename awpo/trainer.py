@@ -11,8 +11,8 @@ repeats the original run's next steps exactly.
 
 Precision: the learner holds `dtype` master weights; vLLM samples in `rollout_dtype` (auto: bf16 where the
 hardware has bf16 units, `awpo.rollout.precision`), and the importance-sampling correction is on by default
-exactly when the two differ. Both choices are logged once at start and recorded in result.json
-(`precision`) and in every checkpoint.
+unless both compute in float32 (bf16 rollouts, or the learner's bf16 autocast, turn it on). Both choices
+are logged once at start and recorded in result.json (`precision`) and in every checkpoint.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from .policy_update import RolloutBatch, UpdateOptions, update_policy
 from .preflight import preflight
 from .rollout import make_engine, vllm_available
 from .rollout.multiturn import Episode, RolloutOptions, run_episodes
-from .rollout.precision import choose_is_correction, choose_rollout_dtype
+from .rollout.precision import choose_rollout_dtype, config_is_correction, config_precision
 from .scoring import score_episodes
 
 logger = logging.getLogger(__name__)
@@ -64,10 +64,7 @@ def update_options(config: Config, *, is_correction: bool | None = None) -> Upda
     `is_correction`: the trainer's choice (`Trainer.is_correction`); None: chosen here from the config
     alone, its 'auto' rollout dtype read from this machine (`awpo.rollout.precision`)."""
     if is_correction is None:
-        rollout_dtype, _ = choose_rollout_dtype(config.rollout_dtype, config.dtype, engine=config.rollout)
-        is_correction, _ = choose_is_correction(config.vllm_importance_sampling_correction,
-                                                rollout_dtype=rollout_dtype, learner_dtype=config.dtype,
-                                                bf16_autocast=config.bf16_autocast, engine=config.rollout)
+        _, is_correction = config_precision(config)
     return UpdateOptions(
         loss=config.loss_options(),
         per_device_train_batch_size=config.per_device_train_batch_size,
@@ -181,9 +178,7 @@ class Trainer:
         self.rollout_dtype, self.rollout_dtype_reason = self._choose_rollout_dtype(resume_state)
         self.engine = engine if engine is not None else self._make_engine(model_path)
         self._check_engine_dtype(injected=engine is not None)
-        self.is_correction, self.is_correction_reason = choose_is_correction(
-            config.vllm_importance_sampling_correction, rollout_dtype=self.rollout_dtype,
-            learner_dtype=config.dtype, bf16_autocast=config.bf16_autocast, engine=config.rollout)
+        self.is_correction, self.is_correction_reason = config_is_correction(config, self.rollout_dtype)
         logger.info("Rollout dtype %s (%s); learner dtype %s; importance-sampling correction %s (%s)",
                     self.rollout_dtype, self.rollout_dtype_reason, config.dtype,
                     "on" if self.is_correction else "off", self.is_correction_reason)

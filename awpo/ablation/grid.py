@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..checkpoint import list_checkpoints
 from ..config import Config, ConfigError, build_parser, config_from_options, underscored
-from ..rollout.precision import choose_is_correction, choose_rollout_dtype
+from ..rollout.precision import config_precision
 
 RESULT_FILE = "result.json"
 BASE = "base"
@@ -242,10 +242,7 @@ def stored_precision(result: dict) -> dict:
 
 def planned_precision(config: Config) -> dict:
     """What a run of `config` would resolve its precision options to on this machine."""
-    rollout_dtype, _ = choose_rollout_dtype(config.rollout_dtype, config.dtype, engine=config.rollout)
-    correction, _ = choose_is_correction(config.vllm_importance_sampling_correction, rollout_dtype=rollout_dtype,
-                                         learner_dtype=config.dtype, bf16_autocast=config.bf16_autocast,
-                                         engine=config.rollout)
+    rollout_dtype, correction = config_precision(config)
     return {"rollout_dtype": rollout_dtype, "importance_sampling_correction": correction}
 
 

@@ -103,10 +103,22 @@ def choose_is_correction(requested: bool | None, *, rollout_dtype: str, learner_
     return True, f"auto: the rollout computes in {rollout_dtype}, the learner in {learner}"
 
 
+def config_is_correction(config, rollout_dtype: str) -> tuple[bool, str]:
+    """`choose_is_correction` for a run of `config` (awpo.config.Config) whose rollouts run in `rollout_dtype`."""
+    return choose_is_correction(config.vllm_importance_sampling_correction, rollout_dtype=rollout_dtype,
+                                learner_dtype=config.dtype, bf16_autocast=config.bf16_autocast, engine=config.rollout)
+
+
+def config_precision(config) -> tuple[str, bool]:
+    """(rollout dtype, correction on) that a fresh run of `config` resolves to on this machine."""
+    rollout_dtype, _ = choose_rollout_dtype(config.rollout_dtype, config.dtype, engine=config.rollout)
+    return rollout_dtype, config_is_correction(config, rollout_dtype)[0]
+
+
 def torch_dtype_name(dtype) -> str:
     """'float32' for torch.float32 (or for the string 'float32')."""
     return str(dtype).removeprefix("torch.")
 
 
-__all__ = ["ROLLOUT_DTYPES", "choose_is_correction", "choose_rollout_dtype", "cuda_bf16", "rollout_device",
-           "torch_dtype_name"]
+__all__ = ["ROLLOUT_DTYPES", "choose_is_correction", "choose_rollout_dtype", "config_is_correction",
+           "config_precision", "cuda_bf16", "rollout_device", "torch_dtype_name"]
