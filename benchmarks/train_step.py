@@ -22,7 +22,8 @@ Reported, all measured in this process:
 4. the machine's fp32 and bf16 GEMM rates at the model's linear shapes (the forward, grad-input and grad-weight
    GEMMs of every distinct linear shape, at one micro-batch's token count), and the update time over its FLOPs
    at the bf16 rate (the issue's target: within 2x).
-With `--rollout`, vLLM's generation throughput (tokens/s) in fp32 and bf16 on the batch's prompts.
+With `--rollout`, vLLM's generation throughput (tokens/s) on the batch's prompts: fp32 with vLLM's CPU KV blocks
+(the path before bf16 rollouts), bf16 with those blocks, and bf16 with the engine's CPU default (32-token blocks).
 
 Output: markdown to stdout (and `--output FILE`, `--json FILE`); `--write` replaces this benchmark's section of
 benchmarks/RESULTS.md (`--results FILE` for another file). A shared machine's load drifts: rounds are
@@ -309,27 +310,39 @@ def gemm_rates(model, tokens: int, rounds: int = 3) -> dict:
 
 # ----------------------------------------------------------------------------- rollout (vLLM)
 
+# (label, dtype, KV block size): the issue's baseline (vLLM's CPU defaults in fp32), bf16 alone, and the default
+ROLLOUT_CONFIGS = (("fp32, 128-token KV blocks (before)", "float32", 128),
+                   ("bf16, 128-token KV blocks", "bfloat16", 128),
+                   ("bf16, 32-token KV blocks (default)", "bfloat16", 32))
+
+
 def rollout_rates(model_path: str, batch, max_tokens: int, rounds: int, temperature: float = 0.7) -> dict:
-    """{dtype: (tokens/s median, tokens per call)} of vLLM generating G samples per prompt, fp32 and bf16
-    engines built side by side, calls interleaved."""
+    """{label: (tokens/s median, tokens per call, seconds per call median)} of vLLM generating G samples per
+    prompt in each `ROLLOUT_CONFIGS` engine, built side by side, calls interleaved; like the trainer's rollouts,
+    each call starts from an empty prefix cache (the trainer empties it when it syncs the weights)."""
     from awpo.rollout.vllm_engine import VLLMEngine
 
     prompts = list(dict.fromkeys(tuple(p) for p in batch.prompt_ids))
     group = len(batch.prompt_ids) // len(prompts)
-    engines = {dtype: VLLMEngine(model_path, dtype=dtype, seed=0) for dtype in ("float32", "bfloat16")}
-    samples = {dtype: [] for dtype in engines}
+    engines = {label: VLLMEngine(model_path, dtype=dtype, seed=0, kv_block_size=block, kv_cache_gb=0.5)
+               for label, dtype, block in ROLLOUT_CONFIGS}
+    rates = {label: [] for label in engines}
+    seconds = {label: [] for label in engines}
     produced = {}
     for index in range(rounds + 1):  # the first call of each engine is a warm-up
-        for dtype, engine in engines.items():
+        for label, engine in engines.items():
+            engine.llm.reset_prefix_cache()
             start = time.perf_counter()
             out = engine.generate([list(p) for p in prompts], n=group, temperature=temperature,
                                   max_tokens=max_tokens, seed=index)
-            seconds = time.perf_counter() - start
+            elapsed = time.perf_counter() - start
             count = sum(len(c.token_ids) for samples_ in out for c in samples_)
-            produced[dtype] = count
+            produced[label] = count
             if index:
-                samples[dtype].append(count / seconds)
-    return {dtype: (statistics.median(s), produced[dtype]) for dtype, s in samples.items()}
+                rates[label].append(count / elapsed)
+                seconds[label].append(elapsed)
+    return {label: (statistics.median(rates[label]), produced[label], statistics.median(seconds[label]))
+            for label in engines}
 
 
 # ----------------------------------------------------------------------------- report
@@ -443,12 +456,15 @@ def render(args, setup: StepSetup, timings: dict, phases: dict, flops: StepFlops
         verdict = "met" if met else f"MISSED by {miss:.2f}x"
         lines.append(f"- {label} = {ratio:.2f} (target {sense} {target:g}): {verdict}")
     if rollout:
-        lines += ["", f"vLLM rollout ({prompts} prompts x {len(batch) // prompts} samples, up to "
-                  f"{args.rollout_tokens} tokens, temperature 0.7, median of {args.rounds} interleaved calls):", "",
-                  "| dtype | tokens/s | tokens per call |", "|---|---|---|"]
-        for dtype, (rate, produced) in rollout.items():
-            lines.append(f"| {dtype} | {rate:.0f} | {produced} |")
-        data["rollout_tokens_per_s"] = {dtype: rate for dtype, (rate, _) in rollout.items()}
+        lines += ["", f"vLLM rollout ({prompts} prompts x {len(batch) // prompts} samples, prompts of "
+                  f"{min(len(p) for p in batch.prompt_ids)}-{max(len(p) for p in batch.prompt_ids)} random tokens, "
+                  f"up to {args.rollout_tokens} tokens, temperature 0.7, an empty prefix cache per call, median of "
+                  f"{args.rounds} interleaved calls):", "",
+                  "| engine | tokens/s | s per call | tokens per call | vs the first |", "|---|---|---|---|---|"]
+        first = next(iter(rollout.values()))[0]
+        for label, (rate, produced, per_call) in rollout.items():
+            lines.append(f"| {label} | {rate:.0f} | {per_call:.2f} | {produced} | {rate / first:.2f}x |")
+        data["rollout_tokens_per_s"] = {label: rate for label, (rate, _, _) in rollout.items()}
     return "\n".join(lines) + "\n", data
 
 
@@ -475,7 +491,7 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: every usable core, as the trainer)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-profile", action="store_true", help="skip the per-phase profile")
-    parser.add_argument("--rollout", action="store_true", help="also time vLLM generation in fp32 and bf16")
+    parser.add_argument("--rollout", action="store_true", help="also time vLLM generation (fp32, bf16; KV block sizes)")
     parser.add_argument("--rollout-tokens", type=int, default=80, help="max tokens per rollout sample")
     parser.add_argument("--output", type=Path, help="also write the markdown here")
     parser.add_argument("--json", type=Path, help="write the numbers as JSON here")
@@ -518,7 +534,7 @@ def main(argv=None) -> int:
     rollout = None
     if args.rollout:
         del cases
-        log("timing vLLM rollouts in fp32 and bf16")
+        log("timing vLLM rollouts: " + "; ".join(label for label, _, _ in ROLLOUT_CONFIGS))
         rollout = rollout_rates(setup.model_path, setup.batch, args.rollout_tokens, args.rounds)
     markdown, data = render(args, setup, timings, phases, flops, rates, rollout, threads)
     print(markdown, flush=True)

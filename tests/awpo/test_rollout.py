@@ -48,6 +48,38 @@ def test_vllm_samples_with_logprobs_that_match_the_hf_model(tiny_vllm_engine, ti
             assert all(lp <= 0 for lp in sample.logprobs)
 
 
+def test_vllm_samples_that_share_a_prompt_of_several_kv_blocks_match_the_hf_model(tiny_vllm_engine, tiny_model_dir):
+    """n samples of a prompt longer than two KV blocks: they share the prompt's full blocks through the
+    prefix cache and each computes the partial last block itself (the CPU engine's small blocks exist
+    for this); every sample's log-probs are still the HF model's, from a cold cache and from a warm one."""
+    from awpo.rollout.vllm_engine import CPU_KV_BLOCK_SIZE
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    perturb(model, 0.02, seed=4)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tiny_vllm_engine.sync_weights(model)   # also empties the prefix cache
+    assert tiny_vllm_engine.kv_block_size == CPU_KV_BLOCK_SIZE
+    prompts = [PROMPTS[0].replace("Paris?", "Paris? " + "Also check Rome, Oslo and Lima tomorrow. " * k)
+               for k in (7, 9)]
+    prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    assert all(len(ids) > 2 * CPU_KV_BLOCK_SIZE and len(ids) % CPU_KV_BLOCK_SIZE for ids in prompt_ids)
+    for _cache in ("cold", "warm"):
+        out = tiny_vllm_engine.generate(prompts, n=5, temperature=0.9, max_tokens=7, seed=11)
+        for ids, group in zip(prompt_ids, out):
+            assert len(group) == 5 and len({tuple(s.token_ids) for s in group}) > 1
+            for sample in group:
+                expected = hf_logprobs(model, ids, sample.token_ids, temperature=0.9)
+                torch.testing.assert_close(torch.tensor(sample.logprobs), expected, atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("size", [0, -32, 48, True, 32.0, "32"])
+def test_vllm_engine_rejects_a_kv_block_size_the_cpu_kernels_cannot_take(tiny_model_dir, size):
+    if torch.cuda.is_available():
+        pytest.skip("the multiple-of-32 rule is vLLM's CPU attention's")
+    with pytest.raises(ValueError, match=r"kv_block_size=.*multiple of 32"):
+        make_engine("vllm", tiny_model_dir, kv_block_size=size)
+
+
 def test_vllm_seeded_sampling_is_reproducible(tiny_vllm_engine, tiny_model_dir):
     tiny_vllm_engine.sync_weights(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     first = tiny_vllm_engine.generate(PROMPTS, n=4, temperature=1.0, max_tokens=9, seed=123)
