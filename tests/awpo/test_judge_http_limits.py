@@ -366,7 +366,9 @@ def test_the_fallback_is_bounded_by_the_total_deadline(chat_server):
     judge = OpenAIChatBackend(server.url, timeout_s=1.0, max_retries=0).connect()
     started = time.monotonic()
     assert judge(["item-0"]) == [None]
-    assert time.monotonic() - started < 1.6  # the resent request had what was left of the 1 s
+    # the resent request had what was left of the 1 s: about 1 s in all, where a fresh timeout would take at
+    # least 0.8 + 2.0 s whatever the load; the bound sits between the two (a loaded machine only adds time)
+    assert time.monotonic() - started < 2.6
     assert judge.last_error == "the request's total deadline of 1 s passed" and not judge.structured
 
 
