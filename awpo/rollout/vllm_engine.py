@@ -7,7 +7,8 @@ is sized explicitly there, because vLLM's default grabs (and zeroes) a large sha
 KV blocks on CPU: 32 tokens (`CPU_KV_BLOCK_SIZE`), the smallest the CPU attention kernels take, not vLLM's
 CPU default of 128. A rollout asks for n samples of each prompt; prefix caching lets them share only the
 prompt's *full* blocks, so every sample prefills the prompt's last, partial block again: with 128-token blocks
-that is ~64 tokens x n per prompt (2,944 of the default step's 3,968 prefill tokens), with 32-token blocks ~16.
+that is ~64 tokens x n per prompt (2,944 of 3,968 prefill tokens in benchmarks.train_step's default-shaped
+batch), with 32-token blocks ~16.
 Measured (benchmarks/RESULTS.md, AMD EPYC): the default bf16 rollout 1.26x faster, a one-sample evaluation 1.09x.
 
 Reproducible sampling: the CPU build rejects per-request seeds ("CPU Generator does not use
