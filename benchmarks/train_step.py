@@ -324,7 +324,8 @@ def rollout_rates(model_path: str, batch, max_tokens: int, rounds: int, temperat
 
     prompts = list(dict.fromkeys(tuple(p) for p in batch.prompt_ids))
     group = len(batch.prompt_ids) // len(prompts)
-    engines = {label: VLLMEngine(model_path, dtype=dtype, seed=0, kv_block_size=block, kv_cache_gb=0.5)
+    engines = {label: VLLMEngine(model_path, dtype=dtype, seed=0, kv_block_size=block, kv_cache_gb=0.5,
+                                 gpu_memory_utilization=0.2)  # three engines in one process (CPU or GPU)
                for label, dtype, block in ROLLOUT_CONFIGS}
     rates = {label: [] for label in engines}
     seconds = {label: [] for label in engines}
