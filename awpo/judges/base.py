@@ -2,10 +2,16 @@
 
 A judge scores one completion's reasoning in [0, 1], or NaN for "no score" because the judge failed
 (error, timeout, unreadable reply): docs/SPEC.md section 1 leaves NaN members out of the reasoning
-statistics. A completion without reasoning (no ``<think>`` block, or an empty one) scores
-``missing_reasoning_score`` (default 0.0, the worst score): were it NaN, dropping ``<think>`` would
-escape every below-average reasoning score, and a policy learns to do exactly that. ``None`` there
-(NaN) is for prompts that do not ask for reasoning.
+statistics. Two completions are scored without being judged (``unjudged_verdict``):
+
+- one whose tool-call markup does not parse scores ``MALFORMED_OUTPUT_SCORE`` (0.0) whatever it
+  reasons: judged on its reasoning alone, a broken call was the one place where the reasoning escaped
+  every check against the calls, and a policy trained with AWPO learned to break its calls
+  (docs/EVIDENCE.md, round 2);
+- one without reasoning (no ``<think>`` block, or an empty one) scores ``missing_reasoning_score``
+  (default 0.0, the worst score): were it NaN, dropping ``<think>`` would escape every below-average
+  reasoning score, and a policy learns to do exactly that. ``None`` there (NaN) is for prompts that do
+  not ask for reasoning.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from ..toolcall import ToolCall
 
 NAN = float("nan")
 MISSING_REASONING_SCORE = 0.0  # SPEC section 1: no reasoning where the prompt asks for it is the worst score
+MALFORMED_OUTPUT_SCORE = 0.0   # SPEC section 1: output whose calls do not parse earns no reasoning credit
 
 
 def check_missing_reasoning_score(value) -> float:
@@ -38,7 +45,8 @@ class JudgeRequest:
     """One completion to judge. ``prompt`` is the user's request as text (the last user message, not
     the rendered template); ``ground_truth`` (the task's answer) is read only by the reference judge,
     the labelled control: the rule and LLM judges never see it. ``malformed``: the output held tool-call
-    markup that did not parse (``calls`` is then empty; the outcome reward already scores it 0)."""
+    markup that did not parse (``calls`` is then empty; the outcome reward scores it 0, and every judge
+    ``MALFORMED_OUTPUT_SCORE``)."""
 
     prompt: str
     reasoning: str | None
@@ -58,7 +66,8 @@ class Verdict:
     """One completion's judgement: the score, and how it came about.
 
     ``status``: "scored" (the judge gave a score), "cached" (scored earlier this step),
-    "missing_reasoning" (not judged: no reasoning), "failed" (no reply: error, timeout, malformed
+    "malformed_output" (not judged: its calls do not parse), "missing_reasoning" (not judged: no
+    reasoning), "failed" (no reply: error, timeout, malformed
     response) or "unreadable" (a reply in neither verdict form). ``reply`` is the judge model's text
     when it was asked in this call.
     """
@@ -66,6 +75,15 @@ class Verdict:
     score: float
     status: str
     reply: str | None = None
+
+
+def unjudged_verdict(request: JudgeRequest, missing_reasoning_score: float) -> Verdict | None:
+    """The verdict of a completion that is scored without being judged (module docstring), else None."""
+    if request.malformed:
+        return Verdict(MALFORMED_OUTPUT_SCORE, "malformed_output")
+    if not has_reasoning(request.reasoning):
+        return Verdict(missing_reasoning_score, "missing_reasoning")
+    return None
 
 
 class Judge(Protocol):
@@ -88,14 +106,15 @@ def verdicts_of(judge, requests: Sequence[JudgeRequest]) -> list[Verdict]:
         return judge.verdicts(requests)
     verdicts = []
     for request, score in zip(requests, judge_many(judge, requests)):
-        status = "scored" if has_reasoning(request.reasoning) else "missing_reasoning"
-        verdicts.append(Verdict(score, "failed" if status == "scored" and math.isnan(score) else status))
+        unjudged = unjudged_verdict(request, score)
+        verdicts.append(unjudged or Verdict(score, "failed" if math.isnan(score) else "scored"))
     return verdicts
 
 
 class InstantJudge:
     """Base of the judges that compute a score from the request alone (rule, reference): no model,
-    no cache, no failures. Subclasses define ``judge(request) -> float`` for requests with reasoning."""
+    no cache, no failures. Subclasses define ``judge(request) -> float`` for well-formed requests with
+    reasoning."""
 
     missing_reasoning_score: float | None = MISSING_REASONING_SCORE
 
@@ -104,9 +123,8 @@ class InstantJudge:
         return self.score_request(JudgeRequest(prompt, reasoning, calls, tools, ground_truth))
 
     def score_request(self, request: JudgeRequest) -> float:
-        if not has_reasoning(request.reasoning):
-            return check_missing_reasoning_score(self.missing_reasoning_score)
-        return self.judge(request)
+        unjudged = unjudged_verdict(request, check_missing_reasoning_score(self.missing_reasoning_score))
+        return unjudged.score if unjudged is not None else self.judge(request)
 
     def score_many(self, requests: Sequence[JudgeRequest]) -> list[float]:
         return [self.score_request(r) for r in requests]

@@ -16,10 +16,11 @@ here is what training will see. Each input line is a JSON object:
 null) with optional `calls` ([{"name": ..., "arguments": {...}}]) may replace it. The request may be
 `prompt`, `question`, or `messages` (its last user message); `tools` is optional (a list of function
 docs); `ground_truth` (the task's answer) is read by `--reference` only, which needs it; `id` is
-copied to the output. Each output line: {"line", "id"?, "score" (null = no score), "status", "reply",
-"parts"?}, where status is scored / cached / missing_reasoning / failed / unreadable and `parts` (rule
-judge) holds the four parts of its score. A summary goes to stderr; its counts add up: completions =
-the sum of the statuses, and judge requests = scored + failed + unreadable.
+copied to the output. Each output line: {"line", "id"?, "score" (null = no score), "status",
+"reply", "parts"?}, where status is scored / cached / malformed_output / missing_reasoning / failed /
+unreadable and `parts` (rule judge) holds the four parts of its score. A summary goes to stderr;
+its counts add up: completions = the sum of the statuses, and judge requests = scored + failed +
+unreadable.
 
 Exit status: 0; 1 when the judge was asked and no request got a score; 2 for bad options or input
 (a malformed line is named as file:line; an --output that cannot be written is refused before any
@@ -193,13 +194,13 @@ def output_record(record: dict, verdict, parts: dict | None = None) -> dict:
 
 
 def rule_parts(judge, request) -> dict | None:
-    """The rule judge's four parts for a completion it scored (None for other judges)."""
-    from .base import has_reasoning
+    """The rule judge's four parts for a completion it judged (None for other judges)."""
+    from .base import unjudged_verdict
     from .rule import RuleJudge
 
-    if not isinstance(judge, RuleJudge) or not has_reasoning(request.reasoning):
+    if not isinstance(judge, RuleJudge) or unjudged_verdict(request, 0.0) is not None:
         return None
-    return judge.parts(request.prompt, request.reasoning, request.calls, request.tools, malformed=request.malformed)
+    return judge.parts(request.prompt, request.reasoning, request.calls, request.tools)
 
 
 def summary(judge, verdicts: list) -> str:

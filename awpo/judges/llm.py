@@ -7,8 +7,9 @@ one; ``OpenAIChatBackend``: an OpenAI-compatible server) or any callable. A back
 that form; otherwise it asks for a last line ``Score: N/10``.
 
 Scores are cached per (prompt, completion) until ``new_step()`` / ``clear_cache()``; a failed or
-unreadable reply gives NaN (not cached), never an exception. A completion without reasoning is not
-sent: it scores ``missing_reasoning_score``. ``stats`` counts this step's requests, failures,
+unreadable reply gives NaN (not cached), never an exception. A completion without reasoning, or
+whose calls do not parse, is not sent: it scores ``missing_reasoning_score`` or 0
+(``base.unjudged_verdict``). ``stats`` counts this step's requests, failures,
 unreadable replies and waiting time; ``finish_step()`` returns them as metrics and raises
 ``JudgeUnavailableError`` once ``max_failed_steps`` steps in a row got no score at all (0: never).
 
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..toolcall import ToolCall
-from .base import MISSING_REASONING_SCORE, JudgeRequest, Verdict, check_missing_reasoning_score, has_reasoning
+from .base import MISSING_REASONING_SCORE, JudgeRequest, Verdict, check_missing_reasoning_score, unjudged_verdict
 from .health import FailureWatch, JudgeStats
 from .rubric import RUBRIC, build_prompt, check_rubric
 from .verdict import NAN, parse_judge_score
@@ -72,8 +73,9 @@ class LLMJudge:
         verdicts: list[Verdict | None] = [None] * len(requests)
         todo: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):
-            if not has_reasoning(request.reasoning):  # nothing to judge (SPEC section 1)
-                verdicts[index] = Verdict(self.missing_reasoning_score, "missing_reasoning")
+            unjudged = unjudged_verdict(request, self.missing_reasoning_score)
+            if unjudged is not None:  # nothing to judge (SPEC section 1)
+                verdicts[index] = unjudged
                 continue
             key = _cache_key(request)
             if key in self._cache:

@@ -62,26 +62,14 @@ class RuleJudge(InstantJudge):
         check_missing_reasoning_score(self.missing_reasoning_score)
 
     def judge(self, request: JudgeRequest) -> float:
-        parts = self.parts(request.prompt, request.reasoning or "", request.calls, request.tools,
-                           malformed=request.malformed)
+        parts = self.parts(request.prompt, request.reasoning or "", request.calls, request.tools)
         return parts["fit"] * parts["values"] * parts["consistency"] * (0.25 + 0.75 * parts["coherence"])
 
-    def parts(self, prompt: str, reasoning: str, calls: list[ToolCall], tools: list[dict], *,
-              malformed: bool = False) -> dict[str, float]:
+    def parts(self, prompt: str, reasoning: str, calls: list[ToolCall], tools: list[dict]) -> dict[str, float]:
         """The four parts of the score, each in [0, 1] (for reading a score: ``python -m awpo.judge``).
-
-        ``malformed``: the completion's calls did not parse. The reasoning is then judged on its own
-        (the tools it names stand for the calls it meant; no call is there to agree with); the
-        outcome reward already scores the broken call 0."""
+        A completion whose calls do not parse is not judged (``base.unjudged_verdict``)."""
         vocabularies = grounding.tool_vocabularies(tools)
         evidence = Evidence.of(prompt, tools)
-        if malformed and not calls:
-            return {
-                "fit": intended_fit_part(prompt, reasoning, vocabularies),
-                "values": values_part(reasoning, [], vocabularies, evidence),
-                "consistency": 0.0 if says_no_tool_fits(reasoning) else 1.0,
-                "coherence": coherence_part(prompt, reasoning, vocabularies, self.min_words, self.max_words),
-            }
         return {
             "fit": fit_part(prompt, reasoning, calls, vocabularies),
             "values": values_part(reasoning, calls, vocabularies, evidence),
@@ -101,16 +89,6 @@ def fit_part(prompt: str, reasoning: str, calls: list[ToolCall], vocabularies: l
     if any(value >= grounding.FITS for value in fit.values()):
         return 0.0  # a refusal although an offered tool fits
     return 1.0 if says_no_tool_fits(reasoning) else REFUSAL_UNEXPLAINED
-
-
-def intended_fit_part(prompt: str, reasoning: str, vocabularies: list[ToolVocabulary]) -> float:
-    """A completion whose calls did not parse: the fit of the offered tools its reasoning names (0 when
-    it names none)."""
-    named = [v.name for v in vocabularies if mentions_name(reasoning, v.name)]
-    if not named:
-        return 0.0
-    fit = grounding.tool_fit(prompt, vocabularies)
-    return sum(min(1.0, fit[name] / grounding.FITS) for name in named) / len(named)
 
 
 def values_part(reasoning: str, calls: list[ToolCall], vocabularies: list[ToolVocabulary],

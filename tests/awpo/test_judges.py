@@ -19,6 +19,7 @@ from awpo.judges import (
     grounding,
     judge_many,
     parse_judge_score,
+    verdicts_of,
 )
 from awpo.judges.rubric import build_prompt
 from awpo.toolcall import ToolCall, format_tool_calls, parse_completion
@@ -81,19 +82,30 @@ def test_a_grounded_refusal_on_an_irrelevant_request_scores_high():
                        TOOLS) == 0.0
 
 
-def test_a_call_that_does_not_parse_leaves_the_reasoning_judged_on_its_own():
-    """Malformed call markup scores 0 on the outcome; the reasoning that led to it still counts, judged
-    by the tools it names (a refusal without any attempt keeps fit 0)."""
-    judge = RuleJudge()
-    text = f"<think>{SENSIBLE}</think>\n<tool_call>\n{{\"name\": \"get_weather\", \"arguments\": {{oops\n</tool_call>"
-    parsed = parse_completion(text)
-    assert parsed.error is not None and parsed.calls == []
-    broken = JudgeRequest(PROMPT, parsed.reasoning, [], TOOLS, malformed=True)
-    assert judge.score_many([broken]) == [pytest.approx(1.0)]
-    assert judge.score(PROMPT, parsed.reasoning, [], TOOLS) == 0.0  # read as a refusal when not marked malformed
-    for reasoning in ("I call get_stock_price for this.", "No tool fits, so I call get_weather anyway.",
-                      "banana purple elephant quantum"):
-        assert judge.score_many([JudgeRequest(PROMPT, reasoning, [], TOOLS, malformed=True)])[0] <= 0.3
+BROKEN_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {oops\n</tool_call>'
+
+
+def test_a_call_that_does_not_parse_earns_no_reasoning_credit_from_any_judge():
+    """Malformed call markup scores 0 on the outcome and 0 from every judge, however good the reasoning:
+    judged on its own, such reasoning escaped every check against the calls, and AWPO learned to break
+    its calls (docs/EVIDENCE.md, round 2). The judge is not asked; the status says why."""
+    parsed = parse_completion(f"<think>{SENSIBLE}</think>\n{BROKEN_CALL}")
+    assert parsed.error is not None and parsed.calls == [] and parsed.reasoning == SENSIBLE
+    truth = [{"get_weather": {"city": ["Oslo"]}}]
+    broken = JudgeRequest.of_completion(PROMPT, parsed, TOOLS, truth)
+    assert broken.malformed
+    generate = ScriptedGenerate(["Score: 10/10"])
+    for judge in (RuleJudge(), ReferenceJudge(), LLMJudge(generate), RuleJudge(missing_reasoning_score=None)):
+        assert judge_many(judge, [broken]) == [0.0], judge
+        assert [v.status for v in verdicts_of(judge, [broken])] == ["malformed_output"]
+    assert generate.calls == []
+    # the same reasoning with the call well formed is judged, and scores high with the rule and the answer
+    well_formed = JudgeRequest(PROMPT, SENSIBLE, RIGHT, TOOLS, truth)
+    assert RuleJudge().score_request(well_formed) == pytest.approx(1.0)
+    assert ReferenceJudge().score_request(well_formed) == pytest.approx(1.0)
+    # ... and a well-formed wrong call's reasoning can never score below the broken call's
+    wrong = JudgeRequest(PROMPT, SENSIBLE, [ToolCall("get_stock_price", {"symbol": "Oslo"})], TOOLS)
+    assert RuleJudge().score_request(wrong) >= RuleJudge().score_request(broken) == 0.0
 
 
 def test_the_rule_judge_never_reads_the_answer():
@@ -388,15 +400,17 @@ def test_cli_rule_judge_writes_scores_parts_and_consistent_counts(tmp_path, caps
     records = [{"id": "good", "prompt": PROMPT, "tools": TOOLS, "completion": f"<think>{SENSIBLE}</think>\n"
                 + format_tool_calls(RIGHT)},
                {"prompt": PROMPT, "tools": TOOLS, "completion": format_tool_calls(RIGHT)},
-               {"prompt": PROMPT, "tools": TOOLS, "reasoning": "banana purple quantum", "calls": []}]
+               {"prompt": PROMPT, "tools": TOOLS, "reasoning": "banana purple quantum", "calls": []},
+               {"prompt": PROMPT, "tools": TOOLS, "completion": f"<think>{SENSIBLE}</think>\n{BROKEN_CALL}"}]
     out = tmp_path / "scores.jsonl"
     assert main(["--rule", "--input", _lines(tmp_path / "in.jsonl", records), "--output", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["status"] for r in rows] == ["scored", "missing_reasoning", "scored"]
+    assert [r["status"] for r in rows] == ["scored", "missing_reasoning", "scored", "malformed_output"]
+    assert rows[3]["score"] == 0.0 and "parts" not in rows[3]
     assert rows[0]["id"] == "good" and rows[0]["score"] == 1.0 and set(rows[0]["parts"]) == {
         "fit", "values", "consistency", "coherence"}
     assert "parts" not in rows[1] and rows[1]["score"] == 0.0
-    assert "3 completions: missing_reasoning 1, scored 2" in capsys.readouterr().err
+    assert "4 completions: malformed_output 1, missing_reasoning 1, scored 2" in capsys.readouterr().err
 
 
 def test_cli_reference_judge_needs_the_answer(tmp_path, capsys):

@@ -69,7 +69,7 @@ def test_naive_reward_manager_stores_awpo_scores(scored_batch):
         tools = json.loads(extra["tools"])
         parsed = parse_completion(text)
         outcome = outcome_reward(text, json.loads(truth), tools=tools)
-        # the request compute_score builds: unparsable call markup is judged on its reasoning alone (malformed)
+        # the request compute_score builds: unparsable call markup (malformed) scores 0 from every judge
         request = JudgeRequest(extra["request"], parsed.reasoning, parsed.calls, tools, json.loads(truth),
                                malformed=parsed.error is not None)
         reasoning = judge_many(judge, [request])[0]
