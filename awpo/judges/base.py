@@ -93,10 +93,13 @@ class Judge(Protocol):
 
 
 def judge_many(judge, requests: Sequence[JudgeRequest]) -> list[float]:
-    """Score a batch with ``judge.score_many`` when the judge has it (one generation call)."""
+    """Score a batch with ``judge.score_many`` when the judge has it (one generation call). A judge with
+    only ``score`` is not asked about output whose calls do not parse: that scores
+    ``MALFORMED_OUTPUT_SCORE`` whatever the judge (module docstring)."""
     if hasattr(judge, "score_many"):
         return list(judge.score_many(requests))
-    return [judge.score(r.prompt, r.reasoning, r.calls, r.tools) for r in requests]
+    return [MALFORMED_OUTPUT_SCORE if r.malformed else judge.score(r.prompt, r.reasoning, r.calls, r.tools)
+            for r in requests]
 
 
 def verdicts_of(judge, requests: Sequence[JudgeRequest]) -> list[Verdict]:

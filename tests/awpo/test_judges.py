@@ -383,6 +383,10 @@ def test_judge_many_falls_back_to_score():
             return len(reasoning) / 10
 
     assert judge_many(OnlyScore(), [JudgeRequest("p", "abc", [], []), JudgeRequest("p", "a", [], [])]) == [0.3, 0.1]
+    # output whose calls do not parse is not sent to any judge, one with only `score` included
+    broken = JudgeRequest("p", "abcdef", [], [], malformed=True)
+    assert judge_many(OnlyScore(), [broken, JudgeRequest("p", "abcd", [], [])]) == [0.0, 0.4]
+    assert [v.status for v in verdicts_of(OnlyScore(), [broken])] == ["malformed_output"]
 
 
 # ----------------------------------------------------------------------------------------------
