@@ -193,12 +193,12 @@ def output_record(record: dict, verdict, parts: dict | None = None) -> dict:
     return out
 
 
-def rule_parts(judge, request) -> dict | None:
-    """The rule judge's four parts for a completion it judged (None for other judges)."""
-    from .base import unjudged_verdict
+def rule_parts(judge, request, verdict) -> dict | None:
+    """The rule judge's four parts for a completion it judged (None for other judges and for a completion
+    scored without being judged: its verdict says so)."""
     from .rule import RuleJudge
 
-    if not isinstance(judge, RuleJudge) or unjudged_verdict(request, 0.0) is not None:
+    if not isinstance(judge, RuleJudge) or verdict.status != "scored":
         return None
     return judge.parts(request.prompt, request.reasoning, request.calls, request.tools)
 
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m awpo.judge: error: {err}", file=sys.stderr)
         return 2
     verdicts = verdicts_of(judge, [request for _, request in pairs])
-    lines = [json.dumps(output_record(record, verdict, rule_parts(judge, request)), ensure_ascii=False)
+    lines = [json.dumps(output_record(record, verdict, rule_parts(judge, request, verdict)), ensure_ascii=False)
              for (record, request), verdict in zip(pairs, verdicts)]
     text = "\n".join(lines) + ("\n" if lines else "")
     if output_path:

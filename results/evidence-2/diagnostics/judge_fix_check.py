@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from by_category import FITTING, accuracies  # beside this script
+
 from awpo.toolcall import parse_completion
 
 HERE = Path(__file__).resolve().parent
@@ -29,15 +31,11 @@ RUNS = [("AWPO, corrected judge (re-run)", HERE / "judge-fix-check" / "awpo"),
 
 
 def row(result_path: Path) -> dict:
-    held_out = json.loads(result_path.read_text())["eval_after"]
-    tasks = held_out["tasks"]
-    fitting = [t for t in tasks if t["category"] != "irrelevance"]
-    irrelevance = [t for t in tasks if t["category"] == "irrelevance"]
-    texts = [c for t in fitting for c in t["completions"]]
+    """by_category's accuracies, plus the malformed share on the tool-fitting tasks and the think rate."""
+    tasks = json.loads(result_path.read_text())["eval_after"]["tasks"]
+    texts = [c for t in tasks if t["category"] in FITTING for c in t["completions"]]
     every = [c for t in tasks for c in t["completions"]]
-    return {"exact": 100 * held_out["accuracy"],
-            "fitting": 100 * sum(t["exact"] for t in fitting) / len(fitting),
-            "irrelevance": 100 * sum(t["exact"] for t in irrelevance) / len(irrelevance),
+    return {**accuracies(result_path),
             "malformed": 100 * sum(not parse_completion(c).ok for c in texts) / len(texts),
             "think": 100 * sum(parse_completion(c).reasoning is not None for c in every) / len(every)}
 
@@ -51,7 +49,7 @@ def main() -> int:
     for seed in (3, 5):
         for label, root in RUNS:
             r = row(root / f"seed-{seed}" / "result.json")
-            out.append(f"| {seed} | {label} | {r['exact']:.1f} | {r['fitting']:.1f} | {r['irrelevance']:.1f} | "
+            out.append(f"| {seed} | {label} | {r['all']:.1f} | {r['fitting']:.1f} | {r['irrelevance']:.1f} | "
                        f"{r['malformed']:.1f}% | {r['think']:.1f}% |")
     out.append("")
     (HERE / "judge_fix_check.md").write_text("\n".join(out))
